@@ -1,0 +1,101 @@
+"""Errors a box raises in the parent; all derive from `BoxError`."""
+
+from __future__ import annotations
+
+import signal
+
+__all__ = [
+    "BoxError",
+    "BoxExited",
+    "BoxKilled",
+    "BoxTimeout",
+    "BoxUnavailable",
+    "MemoryLimitExceeded",
+    "RemoteError",
+    "signal_name",
+]
+
+
+def signal_name(signum: int) -> str:
+    """'SIGSEGV' for 11; the number for one Python does not know."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+class BoxError(Exception):
+    """A box did not return a value; the message says why, in words."""
+
+    #: Text the box's last stderr or stack dump held, for the report.
+    detail: str = ""
+
+
+class BoxUnavailable(BoxError):
+    """This machine cannot give the isolation asked for; the message names the fix."""
+
+
+_INTERNAL = ("/_pytest/", "/pluggy/", "/pytest_nsbox/")
+
+
+def trim_stack(text: str) -> str:
+    """A faulthandler dump cut to the test's own frames (pytest's runner frames dropped)."""
+    blocks = []
+    for block in text.strip().split("\n\n"):
+        lines = block.splitlines()
+        kept = lines[:1]
+        for line in lines[1:]:
+            if any(marker in line for marker in _INTERNAL):
+                break
+            kept.append(line)
+        blocks.append("\n".join(kept if len(kept) > 1 else lines))
+    return "\n\n".join(blocks)
+
+
+class BoxTimeout(BoxError):
+    """The box ran past its wall-clock timeout; every process in it was killed."""
+
+    def __init__(self, timeout: float, stack: str = "") -> None:
+        self.timeout = timeout
+        self.stack = stack
+        where = f"; it was stuck at:\n{trim_stack(stack)}" if stack else ""
+        super().__init__(f"box timed out after {timeout:g} s and was killed{where}")
+
+
+class MemoryLimitExceeded(BoxError):
+    """The kernel killed the box for going over its memory limit."""
+
+    def __init__(self, limit: int, peak: int | None) -> None:
+        from .options import format_size
+
+        self.limit = limit
+        self.peak = peak
+        peak_text = f" (peak {format_size(peak)})" if peak is not None else ""
+        super().__init__(f"exceeded its memory limit of {format_size(limit)}{peak_text}")
+
+
+class BoxKilled(BoxError):
+    """The box's test process died of a signal."""
+
+    def __init__(self, signum: int, detail: str = "") -> None:
+        self.signal = signum
+        self.detail = trim_stack(detail) if "most recent call first" in detail else detail
+        super().__init__(f"box was killed by {signal_name(signum)}")
+
+
+class BoxExited(BoxError):
+    """The box's test process exited before it sent its result."""
+
+    def __init__(self, exitcode: int, detail: str = "") -> None:
+        self.exitcode = exitcode
+        self.detail = detail
+        super().__init__(f"box exited with code {exitcode} before sending a result")
+
+
+class RemoteError(BoxError):
+    """An exception in the box that could not come back as itself (it did not unpickle)."""
+
+    def __init__(self, type_name: str, message: str, traceback: str) -> None:
+        self.type_name = type_name
+        self.traceback = traceback
+        super().__init__(f"{type_name}: {message}\n\nbox-side traceback:\n{traceback}")

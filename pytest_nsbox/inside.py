@@ -1,0 +1,191 @@
+"""The box side: its init (pid 1) sets the namespaces up and reaps; its test process runs.
+
+Nothing here returns: each function ends its process with os._exit, so no inherited
+atexit handler, finalizer or buffered output of the pytest process runs a second time.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from . import namespaces as ns
+from .channel import encode_frame, write_frame
+from .options import BoxOptions
+
+#: Signal the parent sends (relayed by the init) to make the test dump its stack.
+DUMP_SIGNAL = signal.SIGRTMIN + 6
+STATUS_MARK = b"\0NSBOX-STATUS "
+
+
+@dataclass
+class Plan:
+    """Everything the box's processes need, fixed in the parent before the clone."""
+
+    options: BoxOptions
+    target: Callable[[Callable[[Any], None]], None]
+    result_fd: int
+    diag_fd: int
+    parent_fds: tuple[int, ...]  # the parent's ends of the pipes, closed in the box
+    keep_paths: tuple[str, ...]  # reachable even under a tmpfs
+    writable_paths: tuple[str, ...]  # reachable and writable even under readonly
+    frame_limit: int
+    uid: int
+    gid: int
+    cgroup: Any = None
+    join_fds: tuple[int, ...] = ()
+
+
+def namespace_flags(options: BoxOptions) -> int:
+    flags = ns.CLONE_NEWPID | ns.CLONE_NEWNS | ns.CLONE_NEWUTS | ns.CLONE_NEWIPC
+    if options.user != "host":
+        flags |= ns.CLONE_NEWUSER
+    if options.net != "host":
+        flags |= ns.CLONE_NEWNET
+    return flags
+
+
+def send_unavailable(plan: Plan, step: str, err: int) -> NoReturn:
+    from .fixes import explain_setup_failure
+
+    write_frame(plan.result_fd, encode_frame(("unavailable", explain_setup_failure(step, err))))
+    os._exit(0)
+
+
+def init_main(plan: Plan) -> NoReturn:
+    """Pid 1 of the box: join the cgroup, build the namespaces, run and reap the test."""
+    try:
+        for fd in plan.parent_fds:
+            os.close(fd)
+        ns.set_parent_death_signal(signal.SIGKILL)
+        os.setsid()
+        for fd in plan.join_fds:
+            os.write(fd, b"0")
+            os.close(fd)
+        try:
+            prepare(plan)
+        except ns.SetupFailed as exc:
+            send_unavailable(plan, exc.step, exc.errno or 0)
+        saved = _ignore_python_handlers()
+        child = os.fork()
+        if child == 0:
+            test_main(plan, saved)
+        signal.signal(DUMP_SIGNAL, lambda *_: _relay(child))
+        while True:
+            pid, status = os.waitpid(-1, 0)
+            if pid == child:
+                break
+        os.write(plan.diag_fd, STATUS_MARK + str(status).encode() + b"\n")
+    except BaseException:  # noqa: BLE001 - report, never unwind into pytest's stack
+        _print_exception(plan.diag_fd)
+        os._exit(120)
+    os._exit(0)
+
+
+def _relay(pid: int) -> None:
+    try:
+        os.kill(pid, DUMP_SIGNAL)
+    except OSError:
+        pass
+
+
+def _ignore_python_handlers() -> dict[int, Any]:
+    """The init ignores signals pytest handles in Python (SIGINT...); the test restores them."""
+    saved = {}
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM, signal.SIGUSR1,
+                   signal.SIGUSR2, signal.SIGQUIT):
+        handler = signal.getsignal(signum)
+        if callable(handler):
+            saved[signum] = handler
+            signal.signal(signum, signal.SIG_IGN)
+    return saved
+
+
+def prepare(plan: Plan) -> None:
+    """Id maps, private mounts, /proc, tmpfs, read-only root, hostname, loopback."""
+    options = plan.options
+    if options.user != "host":
+        inside = 0 if options.user == "root" else plan.uid
+        inside_gid = 0 if options.user == "root" else plan.gid
+        ns.write_id_maps(inside, plan.uid, inside_gid, plan.gid)
+    ns.make_mounts_private()
+    kept = _open_dirs(p for p in plan.keep_paths + plan.writable_paths
+                      if any(_under(p, t) for t in options.tmpfs))
+    writable = _open_dirs(plan.writable_paths) if options.readonly else []
+    if options.readonly:
+        ns.make_readonly("/")
+    ns.mount_proc()
+    for path in options.tmpfs:
+        if not os.path.isdir(path):
+            raise ns.SetupFailed(f"mount tmpfs: no directory {path}", 2)
+        ns.mount_tmpfs(path)
+    if os.path.isdir("/dev/shm"):
+        ns.mount_tmpfs("/dev/shm")  # POSIX shared memory belongs to the box's IPC
+    for fd, path in kept:
+        ns.bind_back(fd, path)
+    for fd, path in writable:
+        ns.make_writable(fd, path)
+    for fd, _ in kept + writable:
+        os.close(fd)
+    ns.set_hostname(options.hostname)
+    if options.net == "isolated":
+        ns.bring_loopback_up()
+
+
+def _open_dirs(paths: Iterable[str]) -> list[tuple[int, str]]:
+    """O_PATH handles of directories, taken before a mount hides them."""
+    opened = []
+    for path in dict.fromkeys(paths):
+        try:
+            opened.append((os.open(path, os.O_PATH | os.O_DIRECTORY), path))
+        except OSError:
+            continue
+    return opened
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def test_main(plan: Plan, saved_handlers: dict[int, Any]) -> NoReturn:
+    """Pid 2 of the box: run the target and ship what it sends."""
+    import faulthandler
+
+    from . import box
+
+    code = 0
+    try:
+        for signum, handler in saved_handlers.items():
+            signal.signal(signum, handler)
+        faulthandler.enable(file=plan.diag_fd, all_threads=True)
+        faulthandler.register(DUMP_SIGNAL, file=plan.diag_fd, all_threads=True)
+        box._current = box.BoxContext(plan.options, plan.cgroup)
+
+        def send(obj: Any) -> None:
+            write_frame(plan.result_fd, encode_frame(obj, plan.frame_limit))
+
+        plan.target(send)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001
+        _print_exception(plan.diag_fd)
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001, S110
+            pass
+    os._exit(code)
+
+
+def _print_exception(fd: int) -> None:
+    import traceback
+
+    try:
+        os.write(fd, traceback.format_exc().encode("utf-8", "replace"))
+    except OSError:
+        pass

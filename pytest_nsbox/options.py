@@ -1,0 +1,295 @@
+"""Parse and validate box options from markers, the command line and ini files.
+
+One table (`OPTIONS`) is the single source of every option's name, parser, default and
+help text: the plugin builds its CLI flags and ini keys from it, and the docs build the
+options reference from it, so the three can never disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "OPTIONS",
+    "BoxOptions",
+    "OptionError",
+    "OptionSpec",
+    "format_size",
+    "parse_options",
+    "parse_size",
+]
+
+
+class OptionError(ValueError):
+    """An option value that is not accepted; the message names the option and what is."""
+
+    def __init__(self, name: str, value: object, accepted: str) -> None:
+        self.name = name
+        self.value = value
+        self.accepted = accepted
+        super().__init__(f"nsbox option {name}={value!r} is not valid; accepted: {accepted}")
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([kmgtp]?)(i?)(b?)\s*$", re.IGNORECASE)
+_SIZE_SHIFT = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50}
+_SIZE_ACCEPTED = "a positive number of bytes, or a string such as '64M', '1.5G', '512Ki' (binary units)"
+
+
+def parse_size(value: object, name: str = "memory") -> int:
+    """Bytes from an int or a string with a binary unit (K, M, G, T; Ki/KiB/KB alike)."""
+    if isinstance(value, bool):
+        raise OptionError(name, value, _SIZE_ACCEPTED)
+    if isinstance(value, int):
+        number: float = value
+    elif isinstance(value, float) and math.isfinite(value):
+        number = value
+    elif isinstance(value, str) and (match := _SIZE_RE.match(value)):
+        number = float(match.group(1)) * (1 << _SIZE_SHIFT[match.group(2).lower()])
+    else:
+        raise OptionError(name, value, _SIZE_ACCEPTED)
+    if number < 1:
+        raise OptionError(name, value, _SIZE_ACCEPTED)
+    return int(number)
+
+
+def format_size(size: int) -> str:
+    """The shortest exact binary-unit spelling of a size, for messages: 64 MiB, 1.5 GiB."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift:
+            value = size / (1 << shift)
+            return f"{value:.1f} {unit}".replace(".0 ", " ")
+    return f"{size} B"
+
+
+def _number(name: str, accepted: str, minimum: float, integer: bool) -> Callable[[object], Any]:
+    def parse(value: object) -> int | float:
+        if isinstance(value, bool):
+            raise OptionError(name, value, accepted)
+        try:
+            number = float(value) if isinstance(value, str) else value
+        except ValueError:
+            raise OptionError(name, value, accepted) from None
+        if not isinstance(number, int | float) or not math.isfinite(number):
+            raise OptionError(name, value, accepted)
+        if integer and number != int(number):
+            raise OptionError(name, value, accepted)
+        if number < minimum or (minimum == 0 and number == 0):
+            raise OptionError(name, value, accepted)
+        return int(number) if integer else float(number)
+
+    return parse
+
+
+def _choice(name: str, choices: tuple[str, ...]) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise OptionError(name, value, " or ".join(repr(c) for c in choices))
+        return value
+
+    return parse
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _boolean(name: str) -> Callable[[object], bool]:
+    def parse(value: object) -> bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise OptionError(name, value, "True or False (ini and CLI: true/false, yes/no, 1/0)")
+
+    return parse
+
+
+_CPUSET_RE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+
+
+def _cpuset(value: object) -> str:
+    accepted = "CPU numbers and ranges such as '0', '0-1', '0,2-3'"
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    if not isinstance(value, str) or not _CPUSET_RE.match(value.replace(" ", "")):
+        raise OptionError("cpuset", value, accepted)
+    text = value.replace(" ", "")
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        if high and int(high) < int(low):
+            raise OptionError("cpuset", value, accepted)
+    return text
+
+
+_HOSTNAME_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*$")
+
+
+def _hostname(value: object) -> str:
+    if not isinstance(value, str) or len(value) > 64 or not _HOSTNAME_RE.match(value):
+        raise OptionError("hostname", value, "a host name of letters, digits, '-' and '.', 64 at most")
+    return value
+
+
+def _paths(value: object) -> tuple[str, ...]:
+    accepted = "an absolute path or a list of absolute paths, e.g. ('/tmp', '/var/tmp')"
+    items: Iterable[object]
+    if isinstance(value, str):
+        items = [p for p in value.replace(",", " ").split() if p]
+    elif isinstance(value, list | tuple | set | frozenset):
+        items = value
+    else:
+        raise OptionError("tmpfs", value, accepted)
+    paths = []
+    for item in items:
+        if not isinstance(item, str) or not item.startswith("/") or "\0" in item:
+            raise OptionError("tmpfs", value, accepted)
+        paths.append("/" + item.strip("/") if item != "/" else "/")
+    if "/" in paths:
+        raise OptionError("tmpfs", value, accepted + " other than '/'")
+    return tuple(dict.fromkeys(paths))
+
+
+_NETEM_KEYS = {
+    "delay": "a time such as '50ms', '1s', '200us'",
+    "jitter": "a time such as '5ms'",
+    "loss": "a percentage such as '1%' or '0.5%'",
+    "duplicate": "a percentage such as '1%'",
+    "reorder": "a percentage such as '25%'",
+    "corrupt": "a percentage such as '0.1%'",
+    "rate": "a rate such as '1mbit', '500kbit', '10mbps'",
+}
+_TIME_RE = re.compile(r"^\d+(\.\d+)?(us|ms|s)$")
+_PERCENT_RE = re.compile(r"^\d+(\.\d+)?%$")
+_RATE_RE = re.compile(r"^\d+(\.\d+)?(bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)$")
+
+
+def _netem(value: object) -> Mapping[str, str] | None:
+    accepted = "a dict with keys " + ", ".join(f"{k} ({v})" for k, v in _NETEM_KEYS.items())
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not value:
+        raise OptionError("netem", value, accepted)
+    checked: dict[str, str] = {}
+    for key, raw in value.items():
+        if key not in _NETEM_KEYS:
+            raise OptionError("netem", value, accepted)
+        text = str(raw).strip().lower()
+        if key in ("delay", "jitter"):
+            ok = bool(_TIME_RE.match(text))
+        elif key == "rate":
+            ok = bool(_RATE_RE.match(text))
+        else:
+            ok = bool(_PERCENT_RE.match(text)) and float(text[:-1]) <= 100
+        if not ok:
+            raise OptionError(f"netem[{key!r}]", raw, _NETEM_KEYS[key])
+        checked[key] = text
+    if "jitter" in checked and "delay" not in checked:
+        raise OptionError("netem", value, "'jitter' together with a 'delay'")
+    return checked
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One box option: how to parse it, its default, and the help text users read."""
+
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+    metavar: str = "VALUE"
+    nullable: bool = True
+
+
+OPTIONS: tuple[OptionSpec, ...] = (
+    OptionSpec("memory", parse_size, None,
+               "hard memory limit of the whole box (all its processes): bytes or '64M', '1.5G'",
+               "SIZE"),
+    OptionSpec("cpu", _number("cpu", "a positive number of cores such as 0.5 or 2", 0, False),
+               None, "CPU bandwidth in cores, e.g. 0.5", "CORES"),
+    OptionSpec("cpuset", _cpuset, None, "CPUs the box may run on, e.g. '0' or '0-1'", "CPUS"),
+    OptionSpec("pids", _number("pids", "a whole number of tasks, 1 or more", 1, True), None,
+               "most tasks (processes and threads) alive at once in the box", "N"),
+    OptionSpec("timeout", _number("timeout", "a positive number of seconds", 0, False), None,
+               "wall-clock seconds; then every process in the box is killed", "SECONDS"),
+    OptionSpec("net", _choice("net", ("isolated", "none", "host")), "isolated",
+               "'isolated': own network, loopback up; 'none': no usable interface; "
+               "'host': the host's network", "MODE", nullable=False),
+    OptionSpec("netem", _netem, None,
+               "link faults on the box's interfaces, e.g. {'delay': '50ms', 'loss': '1%'}",
+               "DICT"),
+    OptionSpec("hostname", _hostname, "nsbox", "host name inside the box", "NAME",
+               nullable=False),
+    OptionSpec("tmpfs", _paths, ("/tmp",), "paths that get a fresh private tmpfs", "PATHS",
+               nullable=False),
+    OptionSpec("readonly", _boolean("readonly"), False,
+               "whole file system read-only, except the tmpfs paths and pytest's tmp_path base",
+               "BOOL", nullable=False),
+    OptionSpec("user", _choice("user", ("self", "root", "host")), "self",
+               "'self': your uid in a new user namespace; 'root': uid 0 inside; "
+               "'host': no user namespace (pytest must run as root)", "USER", nullable=False),
+    OptionSpec("enabled", _boolean("enabled"), True, "False opts a test out of boxing", "BOOL",
+               nullable=False),
+)
+_SPECS = {spec.name: spec for spec in OPTIONS}
+
+
+@dataclass(frozen=True)
+class BoxOptions:
+    """The validated options of one box; build it with `parse_options`."""
+
+    memory: int | None = None
+    cpu: float | None = None
+    cpuset: str | None = None
+    pids: int | None = None
+    timeout: float | None = None
+    net: str = "isolated"
+    netem: Mapping[str, str] | None = None
+    hostname: str = "nsbox"
+    tmpfs: tuple[str, ...] = ("/tmp",)
+    readonly: bool = False
+    user: str = "self"
+    enabled: bool = True
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def replace(self, **changes: Any) -> BoxOptions:
+        """A copy with `changes` validated and applied."""
+        return parse_options(changes, base=self)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {spec.name: getattr(self, spec.name) for spec in OPTIONS}
+
+
+def _parse_one(name: str, value: object) -> object:
+    spec = _SPECS.get(name)
+    if spec is None:
+        close = difflib.get_close_matches(name, _SPECS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise OptionError(name, value, "the options " + ", ".join(_SPECS) + hint)
+    if value is None and spec.nullable:
+        return None
+    return spec.parse(value)
+
+
+def parse_options(values: Mapping[str, object], base: BoxOptions | None = None) -> BoxOptions:
+    """Validate `values` over `base` (the defaults); raise OptionError naming the option."""
+    parsed = {name: _parse_one(name, value) for name, value in values.items()}
+    return dataclasses.replace(base or BoxOptions(), **parsed)
+
+
+def parse_text(name: str, text: str) -> object:
+    """Turn an ini/CLI string into the value `parse_options` takes ('none' clears a limit)."""
+    spec = _SPECS[name]
+    if spec.nullable and text.strip().lower() in ("", "none"):
+        return None
+    if name == "netem":
+        pairs = [p.split("=", 1) for p in text.replace(",", " ").split()]
+        if not all(len(p) == 2 for p in pairs):
+            raise OptionError(name, text, "key=value pairs such as 'delay=50ms loss=1%'")
+        return {k: v for k, v in pairs}
+    return text

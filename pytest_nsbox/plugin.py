@@ -1,0 +1,143 @@
+"""pytest hooks: the nsbox marker, --nsbox and its defaults, and the boxed runtest protocol."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from .options import OPTIONS, BoxOptions, OptionError, parse_options, parse_text
+
+MARKER_HELP = (
+    "nsbox(**options): run this test in an isolated box (fresh user, pid, net, mount, uts and "
+    "ipc namespaces, with limits). Options: " + ", ".join(spec.name for spec in OPTIONS)
+    + "; e.g. @pytest.mark.nsbox(memory='256M', net='isolated', timeout=10). "
+    "nsbox(enabled=False) opts out under --nsbox."
+)
+
+
+@dataclass
+class SessionState:
+    """Per-session settings, fixed at configure time."""
+
+    defaults: BoxOptions
+    box_all: bool
+    keep_paths: tuple[str, ...] = ()
+    writable_paths: tuple[str, ...] = ()
+    prepared: bool = False
+    usage: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+state_key = pytest.StashKey[SessionState]()
+options_key = pytest.StashKey["BoxOptions | None"]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("nsbox", "isolated test boxes (pytest-nsbox)")
+    group.addoption("--nsbox", action="store_true", default=None,
+                    help="run every test in a box (opt out with @pytest.mark.nsbox(enabled=False))")
+    parser.addini("nsbox", type="bool", default=False, help="run every test in a box")
+    for spec in OPTIONS:
+        if spec.name == "enabled":
+            continue
+        group.addoption(f"--nsbox-{spec.name}", dest=f"nsbox_{spec.name}", metavar=spec.metavar,
+                        default=None, help=f"default box {spec.name}: {spec.help}")
+        parser.addini(f"nsbox_{spec.name}", default=None,
+                      help=f"default box {spec.name}: {spec.help}")
+
+
+def _defaults(config: pytest.Config) -> BoxOptions:
+    values: dict[str, object] = {}
+    for spec in OPTIONS:
+        if spec.name == "enabled":
+            continue
+        cli = config.getoption(f"nsbox_{spec.name}")
+        text = cli if cli is not None else config.getini(f"nsbox_{spec.name}")
+        if text is None or text == "":
+            continue
+        try:
+            values[spec.name] = parse_text(spec.name, str(text))
+            parse_options({spec.name: values[spec.name]})
+        except OptionError as exc:
+            source = f"--nsbox-{spec.name}" if cli is not None else f"ini nsbox_{spec.name}"
+            raise pytest.UsageError(f"{source}: {exc}") from None
+    return parse_options(values)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_HELP)
+    box_all = config.getoption("nsbox")
+    if box_all is None:
+        box_all = bool(config.getini("nsbox"))
+    config.stash[state_key] = SessionState(_defaults(config), bool(box_all))
+
+
+def item_options(item: pytest.Item, state: SessionState) -> BoxOptions | None:
+    """The options of `item`'s box (nearest marker wins), or None when it is not boxed."""
+    marks = list(item.iter_markers("nsbox"))
+    if not marks and not state.box_all:
+        return None
+    values: dict[str, object] = {}
+    for mark in reversed(marks):
+        if mark.args:
+            raise OptionError("nsbox", mark.args,
+                              "keyword options only, e.g. nsbox(memory='64M')")
+        values.update(mark.kwargs)
+    options = parse_options(values, base=state.defaults)
+    return options if options.enabled else None
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                  items: list[pytest.Item]) -> None:
+    state = config.stash[state_key]
+    bad = []
+    for item in items:
+        try:
+            item.stash[options_key] = item_options(item, state)
+        except OptionError as exc:
+            bad.append(item)
+            report = pytest.CollectReport(item.nodeid, "failed", f"{item.nodeid}: {exc}", [])
+            item.ihook.pytest_collectreport(report=report)
+    if bad:
+        items[:] = [item for item in items if item not in bad]
+
+
+def _prepare_session(item: pytest.Item, state: SessionState) -> None:
+    """Fix what every box shares before the first fork: pytest's basetemp above all."""
+    config = item.config
+    paths = {str(config.rootpath), str(config.invocation_params.dir), os.getcwd()}
+    state.keep_paths = tuple(sorted(os.path.realpath(p) for p in paths))
+    factory = getattr(config, "_tmp_path_factory", None)
+    if factory is not None:
+        state.writable_paths = (os.path.realpath(factory.getbasetemp()),)
+    state.prepared = True
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+    options = item.stash.get(options_key, None)
+    if options is None:
+        return None
+    state = item.config.stash[state_key]
+    if not state.prepared:
+        _prepare_session(item, state)
+    from .protocol import run_boxed
+
+    state.usage[item.nodeid] = run_boxed(item, nextitem, options, state)
+    return True
+
+
+@pytest.fixture
+def nsbox() -> Any:
+    """The running box: ``nsbox.options`` and ``nsbox.usage()`` (only in a boxed test)."""
+    from .box import current_box
+
+    context = current_box()
+    if context is None:
+        raise pytest.UsageError(
+            "the nsbox fixture works only in a boxed test: mark it @pytest.mark.nsbox "
+            "or run pytest with --nsbox"
+        )
+    return context

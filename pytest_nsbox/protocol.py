@@ -1,0 +1,275 @@
+"""The runtest protocol of a boxed test, split between the pytest process and the box.
+
+Parent: set up the collector chain and every fixture of class scope or wider (once, here,
+where they are torn down at the normal time), then start the box. Box: detach the
+finalizers it inherited, run setup (function fixtures), call and teardown of the item,
+and send each report as it is made. Parent: log the reports, make a failure report for
+the phase a dead box never finished, then tear down what `nextitem` no longer needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import pytest
+from _pytest.runner import CallInfo, call_and_report
+
+from .box import Box, Outcome
+from .errors import BoxExited
+from .options import BoxOptions
+
+Phase = Literal["setup", "call", "teardown"]
+PHASES: tuple[Phase, ...] = ("setup", "call", "teardown")
+
+
+def run_boxed(item: pytest.Item, nextitem: pytest.Item | None, options: BoxOptions,
+              paths: Any) -> dict[str, Any]:
+    """Run `item` in a box and log its reports; return the box's usage figures."""
+    ihook = item.ihook
+    if hasattr(item, "_request") and not item._request:
+        item._initrequest()  # a rerun (pytest-rerunfailures) of this item
+    ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    shared, shared_out = _setup_shared(item)
+    for name, text in zip(("stdout", "stderr"), shared_out, strict=True):
+        if text:
+            item.add_report_section("setup", name, text)  # the box's reports carry it
+    reports: dict[str, pytest.TestReport] = {}
+    usage: dict[str, Any] = {}
+    exit_request = None
+    if shared.excinfo is not None:
+        reports["setup"] = ihook.pytest_runtest_makereport(item=item, call=shared)
+    else:
+        box = Box(options, keep_paths=paths.keep_paths, writable_paths=paths.writable_paths)
+        outcome = box.execute(
+            lambda send: _in_box(item, nextitem, send)
+        )
+        item._report_sections.clear()  # the box's reports hold them now
+        reports, exit_request = _reports_from(item, options, outcome)
+        usage = _usage_properties(outcome)
+        last = reports.get("call") or reports.get("setup")
+        if last is not None:
+            last.user_properties.extend(usage.items())
+    session = item.session
+    if session.shouldfail or session.shouldstop:
+        nextitem = None
+    with _captured(item) as out:
+        teardown = CallInfo.from_call(lambda: session._setupstate.teardown_exact(nextitem),
+                                      "teardown",
+                                      reraise=(pytest.exit.Exception, KeyboardInterrupt))
+    for name, text in zip(("stdout", "stderr"), out[0], strict=True):
+        if text:
+            item.add_report_section("teardown", name, text)
+    parent_teardown = ihook.pytest_runtest_makereport(item=item, call=teardown)
+    reports["teardown"] = _merge_teardown(reports.get("teardown"), parent_teardown)
+    for phase in PHASES:
+        if phase in reports:
+            ihook.pytest_runtest_logreport(report=reports[phase])
+    item._report_sections.clear()
+    if hasattr(item, "_request"):
+        item._request = False
+        item.funcargs = None
+    ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    if exit_request is not None:
+        pytest.exit(exit_request[0], exit_request[1])
+    return usage
+
+
+# -- parent: fixtures of class scope and wider ------------------------------------------
+
+
+def _setup_shared(item: pytest.Item) -> tuple[CallInfo[None], tuple[str, str]]:
+    """Set up the collectors and the wider-scoped fixtures of `item` in this process."""
+
+    def setup() -> None:
+        item.setup = lambda: _request_shared_fixtures(item)  # type: ignore[method-assign]
+        try:
+            item.session._setupstate.setup(item)
+        finally:
+            del item.setup
+
+    with _captured(item) as out:
+        call = CallInfo.from_call(setup, "setup",
+                                  reraise=(pytest.exit.Exception, KeyboardInterrupt))
+    return call, out[0]
+
+
+def _request_shared_fixtures(item: pytest.Item) -> None:
+    request = getattr(item, "_request", None)
+    info = getattr(item, "_fixtureinfo", None)
+    if not request or info is None:
+        return
+    for name in item.fixturenames:  # type: ignore[attr-defined]
+        definitions = info.name2fixturedefs.get(name)
+        if definitions and definitions[-1].scope != "function":
+            item.funcargs[name] = request.getfixturevalue(name)  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def _captured(item: pytest.Item) -> Iterator[list[tuple[str, str]]]:
+    """Capture what runs here the way pytest captures a phase: [(out, err)] after."""
+    capman = item.config.pluginmanager.getplugin("capturemanager")
+    result = [("", "")]
+    if capman is None or not capman.is_globally_capturing():
+        yield result
+        return
+    capman.resume_global_capture()
+    try:
+        yield result
+    finally:
+        capman.suspend_global_capture(in_=False)
+        out, err = capman.read_global_capture()
+        result[0] = (out, err)
+
+
+def _drain_capture(item: pytest.Item) -> tuple[str, str]:
+    """What a dead box left in pytest's capture files, so it does not leak into the next test."""
+    capman = item.config.pluginmanager.getplugin("capturemanager")
+    if capman is None or not capman.is_globally_capturing():
+        return "", ""
+    out, err = capman.read_global_capture()
+    return out, err
+
+
+# -- box: the item's own setup, call and teardown ---------------------------------------
+
+
+def _in_box(item: pytest.Item, nextitem: pytest.Item | None, send: Any) -> None:
+    state = item.session._setupstate
+    for node, (_, exc) in list(state.stack.items()):
+        if node is item:
+            del state.stack[node]  # the parent pushed it to set up shared fixtures
+        else:
+            state.stack[node] = ([], exc)  # the parent tears these down, not the box
+    config = item.config
+    hook = config.hook
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            for phase in PHASES:
+                if phase == "call" and (not report.passed or config.getoption("setuponly", False)):
+                    continue
+                if phase == "teardown":
+                    report = call_and_report(item, phase, log=False, nextitem=nextitem)
+                else:
+                    report = call_and_report(item, phase, log=False)
+                send(("report", hook.pytest_report_to_serializable(config=config, report=report)))
+    except pytest.exit.Exception as exc:
+        send(("exit", exc.msg, exc.returncode))
+        raise
+    finally:
+        if caught:
+            send(("warnings", [_portable_warning(w) for w in caught]))
+
+
+def _portable_warning(message: warnings.WarningMessage) -> warnings.WarningMessage:
+    """A copy of a recorded warning that pickles (its `source` object and odd messages dropped)."""
+    import cloudpickle
+
+    text = message.message
+    try:
+        cloudpickle.dumps((message.message, message.category))
+    except Exception:  # noqa: BLE001
+        text = UserWarning(f"{message.category.__name__}: {message.message}")
+    return warnings.WarningMessage(text, type(text) if isinstance(text, Warning) else UserWarning,
+                                   message.filename, message.lineno, None, message.line)
+
+
+# -- parent: reports from frames, and from the way a box died ---------------------------
+
+
+def _reports_from(item: pytest.Item, options: BoxOptions,
+                  outcome: Outcome) -> tuple[dict[str, pytest.TestReport], Any]:
+    config = item.config
+    reports: dict[str, pytest.TestReport] = {}
+    exit_request = None
+    for frame in outcome.frames:
+        kind = frame[0]
+        if kind == "report":
+            report = config.hook.pytest_report_from_serializable(config=config, data=frame[1])
+            reports[report.when] = report
+        elif kind == "warnings":
+            for message in frame[1]:
+                item.ihook.pytest_warning_recorded.call_historic(kwargs=dict(
+                    warning_message=message, nodeid=item.nodeid, when="runtest", location=None))
+        elif kind == "exit":
+            exit_request = (frame[1], frame[2])
+    error = outcome.error(options)
+    if error is None and exit_request is None and "teardown" not in reports:
+        code = outcome.exit_code()
+        error = BoxExited(code if code is not None else 0, outcome.stack.strip())
+    if error is not None:
+        phase = _unfinished_phase(reports)
+        reports[phase] = _failure_report(item, phase, _describe(error, phase), _drain_capture(item))
+    return reports, exit_request
+
+
+def _unfinished_phase(reports: dict[str, pytest.TestReport]) -> Phase:
+    if "setup" not in reports:
+        return "setup"
+    if reports["setup"].passed and "call" not in reports:
+        return "call"
+    return "teardown"
+
+
+def _describe(error: Exception, phase: str) -> str:
+    text = str(error)
+    detail = getattr(error, "detail", "")
+    if isinstance(error, BoxExited):
+        text = (f"box exited with code {error.exitcode} during {phase} before it sent a report "
+                "(os._exit, a crash, or sys.exit outside the test)")
+    if detail and detail not in text:
+        text += "\n" + detail
+    return f"[nsbox] {text}"
+
+
+def _failure_report(item: pytest.Item, phase: Phase, message: str,
+                    captured: tuple[str, str]) -> pytest.TestReport:
+    _evaluate_xfail(item)
+
+    def fail() -> None:
+        pytest.fail(message, pytrace=False)
+
+    call = CallInfo.from_call(fail, phase)
+    report: pytest.TestReport = item.ihook.pytest_runtest_makereport(item=item, call=call)
+    for name, text in zip(("stdout", "stderr"), captured, strict=True):
+        if text:
+            report.sections.append((f"Captured {name} {phase}", text))
+    return report
+
+
+def _evaluate_xfail(item: pytest.Item) -> None:
+    """Let an xfail mark judge a crash as it judges a failure (its stash was set in the box)."""
+    try:
+        from _pytest.skipping import evaluate_xfail_marks, xfailed_key
+    except ImportError:  # pragma: no cover - pytest moved it
+        return
+    if xfailed_key not in item.stash:
+        item.stash[xfailed_key] = evaluate_xfail_marks(item)
+
+
+def _merge_teardown(box_report: pytest.TestReport | None,
+                    parent_report: pytest.TestReport) -> pytest.TestReport:
+    """One teardown report: the box's (function fixtures) and the parent's (wider scopes)."""
+    if box_report is None:
+        return parent_report
+    if parent_report.failed and not box_report.failed:
+        parent_report.sections[:0] = box_report.sections
+        parent_report.duration += box_report.duration
+        return parent_report
+    box_report.sections += parent_report.sections
+    box_report.duration += parent_report.duration
+    return box_report
+
+
+def _usage_properties(outcome: Outcome) -> dict[str, Any]:
+    usage = outcome.usage
+    properties: dict[str, Any] = {
+        "nsbox_wall_seconds": round(usage.wall_seconds, 6),
+        "nsbox_cpu_seconds": round(usage.cpu_seconds, 6),
+    }
+    if usage.memory_peak is not None:
+        properties["nsbox_memory_peak"] = usage.memory_peak
+    return properties

@@ -1,0 +1,199 @@
+"""The parent side of a box: spawn it, drain its pipes, enforce its timeout, reap it."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from . import namespaces as ns
+from .box import Outcome, Usage
+from .channel import ChannelError, FrameDecoder
+from .errors import BoxUnavailable
+from .inside import DUMP_SIGNAL, STATUS_MARK, Plan, init_main, namespace_flags, send_unavailable
+
+if TYPE_CHECKING:
+    from .box import Box
+
+_READ_SIZE = 1 << 20
+_DIAG_KEEP = 1 << 20
+_DUMP_GRACE = 1.0  # most seconds to wait for the stack dump of a timed-out box
+_DUMP_QUIET = 0.2  # the dump is complete once the pipe is quiet this long
+_DRAIN_GRACE = 5.0  # most seconds to wait for the pipes to close after the box ended
+
+
+def _preload() -> None:
+    """Import in the parent what every box needs, so no box pays for the import."""
+    import cloudpickle  # noqa: F401
+    import faulthandler  # noqa: F401
+    import traceback  # noqa: F401
+
+    from . import fixes  # noqa: F401
+
+
+def run_box(box: Box, target: Callable[[Callable[[Any], None]], None],
+            on_frame: Callable[[Any], None] | None) -> Outcome:
+    options = box.options
+    if options.user == "host" and os.geteuid() != 0:
+        raise BoxUnavailable("user='host' (no user namespace) needs pytest to run as root; "
+                             "use user='self' or user='root' instead")
+    _preload()
+    result_r, result_w = os.pipe()
+    diag_r, diag_w = os.pipe()
+    plan = Plan(options, target, result_w, diag_w, (result_r, diag_r), box.keep_paths,
+                box.writable_paths, box.frame_limit, os.geteuid(), os.getegid())
+    started = time.monotonic()
+    try:
+        top = _spawn(namespace_flags(options), plan)
+    except ns.SetupFailed as exc:
+        from .fixes import explain_setup_failure
+
+        for fd in (result_r, result_w, diag_r, diag_w):
+            os.close(fd)
+        raise BoxUnavailable(explain_setup_failure(exc.step, exc.errno or 0)) from None
+    os.close(result_w)
+    os.close(diag_w)
+    try:
+        outcome = _supervise(top, result_r, diag_r, options.timeout, box.frame_limit, on_frame)
+    finally:
+        os.close(result_r)
+        os.close(diag_r)
+    outcome.usage.wall_seconds = time.monotonic() - started
+    return outcome
+
+
+def _spawn(flags: int, plan: Plan) -> int:
+    """Start the box; return the pid the parent supervises (the init, or its forked parent)."""
+    if ns.single_threaded():
+        pid = ns.clone_box(flags)
+        if pid == 0:
+            init_main(plan)
+        return pid
+    pid = os.fork()
+    if pid == 0:
+        _relay_main(flags, plan)
+    return pid
+
+
+def _relay_main(flags: int, plan: Plan) -> NoReturn:
+    """Fallback for a threaded parent: a forked, single-threaded child makes the clone."""
+    try:
+        ns.set_parent_death_signal(signal.SIGKILL)
+        try:
+            init = ns.clone_box(flags)
+        except ns.SetupFailed as exc:
+            send_unavailable(plan, exc.step, exc.errno or 0)
+        if init == 0:
+            init_main(plan)
+        signal.signal(DUMP_SIGNAL, lambda *_: os.kill(init, DUMP_SIGNAL))
+        _, status = os.waitpid(init, 0)
+        os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 121)
+    except BaseException:  # noqa: BLE001
+        os._exit(122)
+
+
+def _supervise(top: int, result_r: int, diag_r: int, timeout: float | None, limit: int,
+               on_frame: Callable[[Any], None] | None) -> Outcome:
+    decoder = FrameDecoder(limit)
+    outcome = Outcome(frames=[])
+    diag = bytearray()
+    pidfd = os.pidfd_open(top)
+    poller = select.poll()
+    open_fds = {result_r, diag_r}
+    for fd in (result_r, diag_r, pidfd):
+        poller.register(fd, select.POLLIN)
+    now = time.monotonic()
+    deadline = now + timeout if timeout else None
+    drain_until: float | None = None
+    dump_until: float | None = None
+    last_diag = now
+    exited = False
+    try:
+        while open_fds or not exited:
+            now = time.monotonic()
+            wake = [t for t in (deadline, drain_until, dump_until) if t is not None]
+            wait_ms = None if not wake else max(0, int((min(wake) - now) * 1000) + 1)
+            events = poller.poll(wait_ms)
+            now = time.monotonic()
+            for fd, _ in events:
+                if fd == pidfd:
+                    exited = True
+                    poller.unregister(pidfd)
+                    drain_until = now + _DRAIN_GRACE
+                    continue
+                data = os.read(fd, _READ_SIZE)
+                if not data:
+                    poller.unregister(fd)
+                    open_fds.discard(fd)
+                elif fd == diag_r:
+                    diag += data
+                    del diag[:-_DIAG_KEEP]
+                    last_diag = now
+                elif outcome.channel_error is None:
+                    try:
+                        frames = decoder.feed(data)
+                    except ChannelError as exc:
+                        outcome.channel_error = str(exc)
+                        _kill(top)
+                        continue
+                    outcome.frames += frames
+                    if on_frame is not None:
+                        for frame in frames:
+                            on_frame(frame)
+            if deadline is not None and now >= deadline and not exited:
+                outcome.timed_out = True
+                deadline = None
+                last_diag = now
+                dump_until = now + _DUMP_GRACE
+                _signal(top, DUMP_SIGNAL)
+            if dump_until is not None and (now >= dump_until or (
+                    len(diag) and now - last_diag >= _DUMP_QUIET)):
+                dump_until = None
+                outcome.stack = diag.decode("utf-8", "replace")
+                _kill(top)
+            if drain_until is not None and now >= drain_until:
+                break  # the box is gone; something outside it holds a pipe open
+        if outcome.channel_error is None:
+            try:
+                decoder.close()
+            except ChannelError as exc:
+                outcome.channel_error = str(exc)
+    except BaseException:
+        _kill(top)
+        os.waitpid(top, 0)
+        raise
+    finally:
+        os.close(pidfd)
+    _, wait_status, rusage = os.wait4(top, 0)
+    outcome.usage = Usage(cpu_seconds=rusage.ru_utime + rusage.ru_stime)
+    text, status = _parse_diag(bytes(diag))
+    outcome.status = status
+    if not outcome.timed_out:
+        outcome.stack = text
+    return outcome
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _kill(pid: int) -> None:
+    _signal(pid, signal.SIGKILL)
+
+
+def _parse_diag(data: bytes) -> tuple[str, int | None]:
+    """Split the diagnostics pipe into crash/stack text and the init's status report."""
+    status = None
+    index = data.rfind(STATUS_MARK)
+    if index >= 0:
+        tail = data[index + len(STATUS_MARK):].split(b"\n", 1)[0]
+        if tail.isdigit():
+            status = int(tail)
+            data = data[:index]
+    return data.decode("utf-8", "replace"), status
