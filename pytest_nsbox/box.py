@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .channel import DEFAULT_FRAME_LIMIT, ChannelError, FrameDecoder, encode_frame, write_frame
+from .channel import DEFAULT_FRAME_LIMIT
 from .errors import (
     BoxError,
     BoxExited,
@@ -127,11 +127,16 @@ class Box:
 
         def target(send: Send) -> None:
             try:
-                value = fn(*args, **kwargs)
+                message = ("return", fn(*args, **kwargs))
             except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
-                send(_raised(exc))
-            else:
-                send(_returned(value))
+                message = _raised(exc)
+            try:
+                send(message)
+            except Exception as exc:  # noqa: BLE001 - unpicklable or over the frame limit
+                kind = "return value" if message[0] == "return" else "exception"
+                send(("raise", None, type(exc).__name__,
+                      f"the box's {kind} could not be sent: {exc}", message[-1] if
+                      message[0] == "raise" else ""))
 
         outcome = self.execute(target)
         for frame in outcome.frames:
@@ -150,16 +155,6 @@ class Box:
         from . import supervise
 
         return supervise.run_box(self, target, on_frame)
-
-
-def _returned(value: Any) -> tuple[Any, ...]:
-    try:
-        encode_frame(("return", value))
-    except Exception as exc:  # noqa: BLE001
-        return _raised(TypeError(
-            f"the box's return value of type {type(value).__name__} could not be pickled: {exc}"
-        ))
-    return ("return", value)
 
 
 def _raised(exc: BaseException) -> tuple[Any, ...]:

@@ -165,10 +165,7 @@ def test_main(plan: Plan, saved_handlers: dict[int, Any]) -> NoReturn:
         faulthandler.register(DUMP_SIGNAL, file=plan.diag_fd, all_threads=True)
         box._current = box.BoxContext(plan.options, plan.cgroup)
 
-        def send(obj: Any) -> None:
-            write_frame(plan.result_fd, encode_frame(obj, plan.frame_limit))
-
-        plan.target(send)
+        plan.target(Sender(plan.result_fd, plan.frame_limit))
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:  # noqa: BLE001
@@ -180,6 +177,17 @@ def test_main(plan: Plan, saved_handlers: dict[int, Any]) -> NoReturn:
         except Exception:  # noqa: BLE001, S110
             pass
     os._exit(code)
+
+
+class Sender:
+    """The `send` a box target gets: one object, one frame; `fd` is the raw pipe."""
+
+    def __init__(self, fd: int, limit: int) -> None:
+        self.fd = fd
+        self.limit = limit
+
+    def __call__(self, obj: Any) -> None:
+        write_frame(self.fd, encode_frame(obj, self.limit))
 
 
 def _print_exception(fd: int) -> None:

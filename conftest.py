@@ -1,0 +1,1 @@
+"""Repository-wide pytest settings: the project's own tests use pytester."""

@@ -1,0 +1,369 @@
+"""The Box library against the real kernel: namespaces, mounts, outcomes, cleanup."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from helpers import processes_with, spawn_daemon, token, wait_gone
+from pytest_nsbox import (
+    Box,
+    BoxError,
+    BoxExited,
+    BoxKilled,
+    BoxTimeout,
+    BoxUnavailable,
+    RemoteError,
+)
+
+
+def test_returns_the_value() -> None:
+    assert Box().run(lambda x, y=1: x + y, 41) == 42
+
+
+def test_pid_namespace_test_is_pid_2_under_a_private_init() -> None:
+    pid, visible = Box().run(lambda: (os.getpid(), sorted(
+        int(p) for p in os.listdir("/proc") if p.isdigit())))
+    assert pid == 2
+    assert visible == [1, 2]
+
+
+def test_hostname_is_the_box_s_own() -> None:
+    host = socket.gethostname()
+    assert Box().run(socket.gethostname) == "nsbox"
+    assert Box(hostname="other").run(socket.gethostname) == "other"
+    assert socket.gethostname() == host
+
+
+def test_private_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    name = f"/tmp/{token()}"
+
+    def scribble() -> list[str]:
+        with open(name, "w") as file:
+            file.write("box")
+        return os.listdir("/tmp")
+
+    inside = Box().run(scribble)
+    assert os.path.basename(name) in inside
+    assert not os.path.exists(name)
+
+
+def test_kept_path_under_tmp_stays_reachable_and_writable(tmp_path) -> None:
+    target = tmp_path / "made-in-box"
+    base = str(tmp_path)
+    Box(writable_paths=[base]).run(lambda: target.write_text("ok"))
+    assert target.read_text() == "ok"
+
+
+def test_only_loopback_and_it_is_up() -> None:
+    def probe() -> tuple[list[str], bytes]:
+        names = [name for _, name in socket.if_nameindex()]
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            port = server.getsockname()[1]
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as client:
+                peer, _ = server.accept()
+                client.sendall(b"ping")
+                data = peer.recv(4)
+                peer.close()
+        return names, data
+
+    names, data = Box().run(probe)
+    assert names == ["lo"]
+    assert data == b"ping"
+
+
+def _connect_errno(address: str) -> int:
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        return sock.connect_ex((address, 9))
+
+
+def test_isolated_box_has_no_route_out() -> None:
+    assert Box().run(_connect_errno, "192.0.2.1") == errno.ENETUNREACH
+
+
+def test_net_none_has_not_even_loopback() -> None:
+    assert Box(net="none").run(_connect_errno, "127.0.0.1") == errno.ENETUNREACH
+
+
+def test_two_boxes_bind_the_same_port_while_the_host_holds_it() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as held:
+        port = held.getsockname()[1]
+
+        def bind() -> int:
+            with socket.create_server(("127.0.0.1", port)) as server:
+                return int(server.getsockname()[1])
+
+        assert Box().run(bind) == port
+        assert Box().run(bind) == port
+
+
+def test_user_modes() -> None:
+    uid = os.getuid()
+    assert Box(user="self").run(os.getuid) == uid
+    assert Box(user="root").run(os.getuid) == 0
+
+
+def test_user_host_has_no_user_namespace() -> None:
+    if os.geteuid() != 0:
+        with pytest.raises(BoxUnavailable, match="needs pytest to run as root"):
+            Box(user="host").run(os.getuid)
+        return
+    ours = os.stat("/proc/self/ns/user").st_ino
+    assert Box(user="host").run(lambda: os.stat("/proc/self/ns/user").st_ino) == ours
+    assert Box(user="self").run(lambda: os.stat("/proc/self/ns/user").st_ino) != ours
+
+
+def test_readonly_root_with_writable_tmp_and_basetemp(tmp_path) -> None:
+    def probe() -> tuple[int, str]:
+        try:
+            open(os.path.join(os.path.dirname(__file__), "ro-probe"), "w")
+        except OSError as exc:
+            err = exc.errno or 0
+        else:
+            err = 0
+        with open("/tmp/scratch", "w") as file:
+            file.write("x")
+        (tmp_path / "kept").write_text("kept")
+        return err, "ok"
+
+    err, _ = Box(readonly=True, writable_paths=[str(tmp_path)]).run(probe)
+    assert err == errno.EROFS
+    assert (tmp_path / "kept").read_text() == "kept"
+    assert not os.path.exists(os.path.join(os.path.dirname(__file__), "ro-probe"))
+
+
+def test_more_tmpfs_paths(tmp_path) -> None:
+    (tmp_path / "seen").write_text("host")
+    listing = Box(tmpfs=(str(tmp_path),)).run(lambda: os.listdir(tmp_path))
+    assert listing == []
+    assert (tmp_path / "seen").exists()
+
+
+def test_missing_tmpfs_path_is_unavailable() -> None:
+    with pytest.raises(BoxUnavailable, match="no directory /nonexistent-nsbox"):
+        Box(tmpfs=("/nonexistent-nsbox",)).run(int)
+
+
+def test_posix_shared_memory_stays_in_the_box() -> None:
+    name = token()
+
+    def make() -> bool:
+        with open(f"/dev/shm/{name}", "w") as file:
+            file.write("x")
+        return os.path.exists(f"/dev/shm/{name}")
+
+    assert Box().run(make)
+    assert not os.path.exists(f"/dev/shm/{name}")
+
+
+def test_exception_comes_back_as_itself_with_the_box_traceback() -> None:
+    def boom() -> None:
+        raise ValueError("boom in box")
+
+    with pytest.raises(ValueError, match="boom in box") as info:
+        Box().run(boom)
+    assert "in boom" in info.value.box_traceback  # type: ignore[attr-defined]
+    assert "box-side traceback" in str(info.value.__cause__)
+
+
+class Unpicklable(Exception):
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        raise TypeError("no pickling")
+
+
+def test_unpicklable_exception_is_a_remote_error() -> None:
+    def boom() -> None:
+        raise Unpicklable("odd")
+
+    with pytest.raises(RemoteError, match="Unpicklable: odd") as info:
+        Box().run(boom)
+    assert "in boom" in info.value.traceback
+
+
+def test_unpicklable_return_value_is_a_remote_error() -> None:
+    import threading
+
+    with pytest.raises(RemoteError, match="return value could not be sent"):
+        Box().run(threading.Lock)
+
+
+def test_exit_code() -> None:
+    with pytest.raises(BoxExited) as info:
+        Box().run(os._exit, 3)
+    assert info.value.exitcode == 3
+
+
+@pytest.mark.parametrize(
+    ("action", "signum"),
+    [
+        (lambda: os.kill(os.getpid(), signal.SIGKILL), signal.SIGKILL),
+        (lambda: os.kill(os.getpid(), signal.SIGTERM), signal.SIGTERM),
+        (os.abort, signal.SIGABRT),
+    ],
+)
+def test_killed_by_a_signal_it_sent_itself(action, signum) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(BoxKilled) as info:
+        Box().run(action)
+    assert info.value.signal == signum
+    assert signal.Signals(signum).name in str(info.value)
+
+
+def test_segfault_report_has_the_python_stack() -> None:
+    import ctypes
+
+    def crash() -> None:
+        ctypes.string_at(0)
+
+    with pytest.raises(BoxKilled, match="SIGSEGV") as info:
+        Box().run(crash)
+    assert "in crash" in info.value.detail
+
+
+def test_timeout_kills_everything_and_says_where_it_was_stuck() -> None:
+    marker = token()
+
+    def hang() -> None:
+        spawn_daemon(marker)
+        time.sleep(60)
+
+    started = time.monotonic()
+    with pytest.raises(BoxTimeout) as info:
+        Box(timeout=0.5).run(hang)
+    assert time.monotonic() - started < 5
+    assert "in hang" in str(info.value)
+    assert wait_gone(marker, 1) == []
+
+
+def test_double_forked_daemons_die_with_the_box() -> None:
+    marker = token()
+    Box().run(spawn_daemon, marker)
+    assert processes_with(marker) == []
+
+
+def test_box_cannot_signal_the_parent_or_its_group() -> None:
+    parent = os.getpid()
+
+    def attack() -> list[str]:
+        results = []
+        for target in (parent, -os.getpgid(0), 1, -1):
+            try:
+                os.kill(target, signal.SIGTERM)
+                results.append("sent")
+            except OSError as exc:
+                results.append(errno.errorcode[exc.errno or 0])
+        return results
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: pytest.fail("the box reached us"))
+    try:
+        results = Box().run(attack)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert results[0] == "ESRCH"  # our pid does not exist in the box
+
+
+def test_death_of_the_parent_kills_the_box(tmp_path) -> None:
+    marker = token()
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from helpers import spawn_daemon
+        from pytest_nsbox import Box
+        def work():
+            spawn_daemon({marker!r})
+            print("ready", flush=True)
+            time.sleep(60)
+        Box().run(work)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == b"ready"
+    assert processes_with(marker)
+    proc.kill()
+    proc.wait()
+    assert wait_gone(marker, 1.0) == []
+
+
+def test_ten_megabytes_cannot_deadlock_the_pipe() -> None:
+    data = Box().run(lambda: b"x" * (10 << 20))
+    assert len(data) == 10 << 20
+
+
+def test_output_of_ten_megabytes_on_stdout(capfd: pytest.CaptureFixture[str]) -> None:
+    Box().run(lambda: sys.stdout.write("y" * (10 << 20)))
+    out, _ = capfd.readouterr()
+    assert len(out) == 10 << 20
+
+
+def test_junk_on_the_pipe_is_a_clean_error() -> None:
+    def target(send) -> None:  # type: ignore[no-untyped-def]
+        os.write(send.fd, b"this is not a frame at all")
+
+    outcome = Box().execute(target)
+    assert outcome.channel_error is not None and "junk" in outcome.channel_error
+    error = outcome.error(Box().options)
+    assert isinstance(error, BoxError) and "could not be read" in str(error)
+
+
+def test_death_mid_frame_is_a_clean_error() -> None:
+    from pytest_nsbox.channel import encode_frame
+
+    def target(send) -> None:  # type: ignore[no-untyped-def]
+        frame = encode_frame(b"z" * 100_000)
+        os.write(send.fd, frame[:5000])
+        os._exit(0)
+
+    outcome = Box().execute(target)
+    assert outcome.channel_error is not None
+    assert "truncated frame" in outcome.channel_error
+
+
+def test_oversized_frame_is_refused_in_the_parent() -> None:
+    from pytest_nsbox.channel import HEADER, MAGIC
+
+    def target(send) -> None:  # type: ignore[no-untyped-def]
+        os.write(send.fd, HEADER.pack(MAGIC, 1 << 31))
+        time.sleep(30)
+
+    started = time.monotonic()
+    outcome = Box(frame_limit=1 << 20).execute(target)
+    assert "exceeds the limit" in (outcome.channel_error or "")
+    assert time.monotonic() - started < 10
+
+
+def test_result_over_the_frame_limit_is_a_remote_error() -> None:
+    with pytest.raises(RemoteError, match="exceeds the limit"):
+        Box(frame_limit=1000).run(lambda: b"x" * 5000)
+
+
+def test_threaded_parent_falls_back_to_fork_and_still_isolates() -> None:
+    import threading
+
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        assert Box().run(os.getpid) == 2
+        with pytest.raises(BoxTimeout):
+            Box(timeout=0.3).run(time.sleep, 30)
+        with pytest.raises(BoxKilled):
+            Box().run(os.abort)
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_a_box_inside_a_box() -> None:
+    def outer() -> tuple[int, str]:
+        return Box(hostname="inner").run(lambda: (os.getpid(), socket.gethostname()))
+
+    assert Box().run(outer) == (2, "inner")
