@@ -43,7 +43,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         if spec.name == "enabled":
             continue
         group.addoption(f"--nsbox-{spec.name}", dest=f"nsbox_{spec.name}", metavar=spec.metavar,
-                        default=None, help=f"default box {spec.name}: {spec.help}")
+                        default=None,
+                        help=f"default box {spec.name}: {spec.help}".replace("%", "%%"))
         parser.addini(f"nsbox_{spec.name}", default=None,
                       help=f"default box {spec.name}: {spec.help}")
 

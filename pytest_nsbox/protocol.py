@@ -64,6 +64,8 @@ def run_boxed(item: pytest.Item, nextitem: pytest.Item | None, options: BoxOptio
             item.add_report_section("teardown", name, text)
     parent_teardown = ihook.pytest_runtest_makereport(item=item, call=teardown)
     reports["teardown"] = _merge_teardown(reports.get("teardown"), parent_teardown)
+    if usage:
+        reports["teardown"].user_properties.extend(usage.items())  # junitxml reads these
     for phase in PHASES:
         if phase in reports:
             ihook.pytest_runtest_logreport(report=reports[phase])

@@ -1,0 +1,470 @@
+"""End to end: inner pytest sessions with boxed tests behave as unboxed ones."""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from helpers import processes_with, token
+
+SUITE = """
+    import logging, os, socket, sys, warnings
+    import pytest
+
+    def test_passes():
+        assert True
+
+    def test_fails():
+        x = 3
+        assert x == 4
+
+    def test_prints(record_property):
+        print("out line")
+        sys.stderr.write("err line\\n")
+        logging.getLogger("suite").warning("log line")
+        record_property("answer", 42)
+        warnings.warn(UserWarning("boxed warning"))
+
+    def test_skip():
+        pytest.skip("skipped on purpose")
+
+    @pytest.mark.skipif(True, reason="skipif mark")
+    def test_skipif():
+        pass
+
+    @pytest.mark.xfail(reason="expected")
+    def test_xfail():
+        assert 0
+
+    @pytest.mark.xfail(strict=True)
+    def test_xpass_strict():
+        pass
+
+    @pytest.mark.xfail
+    def test_xpass():
+        pass
+
+    @pytest.fixture
+    def broken():
+        raise RuntimeError("fixture broke")
+
+    def test_setup_error(broken):
+        pass
+
+    @pytest.fixture
+    def bad_teardown():
+        yield
+        raise RuntimeError("teardown broke")
+
+    def test_teardown_error(bad_teardown):
+        pass
+
+    @pytest.mark.parametrize("n", [1, 2])
+    def test_param(n, tmp_path):
+        (tmp_path / "f").write_text(str(n))
+        assert n == 1
+
+    class TestClass:
+        def test_method(self):
+            assert socket.gethostname()
+"""
+
+
+def outcomes(result: pytest.RunResult) -> dict[str, str]:
+    """Each test's outcome word from `-rA` short summary lines."""
+    found = {}
+    for line in result.outlines:
+        match = re.match(r"^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) (\S+::\S+)", line)
+        if match:
+            found.setdefault(match.group(2), "")
+            found[match.group(2)] += match.group(1) + " "
+    return found
+
+
+def test_boxed_outcomes_equal_unboxed(pytester: pytest.Pytester, run_inner) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    plain = run_inner("-rA")
+    boxed = run_inner("-rA", "--nsbox")
+    assert plain.parseoutcomes() == boxed.parseoutcomes()
+    assert outcomes(plain) == outcomes(boxed)
+    assert boxed.parseoutcomes() == {
+        "passed": 5, "failed": 3, "skipped": 2, "xfailed": 1, "xpassed": 1, "errors": 2,
+        "warnings": 1,
+    }
+    for lines in (["*assert 3 == 4*"],
+                  ["*Captured stdout call*", "out line", "*Captured stderr call*", "err line",
+                   "*Captured log call*", "*log line*"],
+                  ["*warnings summary*", "*UserWarning: boxed warning*"],
+                  ["*RuntimeError: fixture broke*"], ["*RuntimeError: teardown broke*"],
+                  ["*XPASS(strict)*"]):
+        boxed.stdout.fnmatch_lines(lines)
+
+
+def test_tests_really_run_in_a_box(pytester: pytest.Pytester, run_inner) -> None:
+    pytester.makepyfile(test_where="""
+        import os, socket, pytest
+
+        def test_boxed():
+            assert os.getpid() == 2
+            assert socket.gethostname() == "nsbox"
+
+        @pytest.mark.nsbox(enabled=False)
+        def test_opted_out():
+            assert os.getpid() != 2
+    """)
+    run_inner("--nsbox").assert_outcomes(passed=2)
+    pytester.makepyfile(test_marked="""
+        import os, pytest
+
+        @pytest.mark.nsbox(hostname="marked")
+        def test_marked():
+            import socket
+            assert os.getpid() == 2 and socket.gethostname() == "marked"
+
+        def test_unmarked():
+            assert os.getpid() != 2
+    """)
+    run_inner("test_marked.py").assert_outcomes(passed=2)
+
+
+def test_wider_fixtures_set_up_once_in_the_parent(pytester: pytest.Pytester, run_inner) -> None:
+    log = pytester.path / "log.txt"
+    pytester.makeconftest(f"""
+        import os, pytest
+        LOG = {str(log)!r}
+
+        def note(text):
+            with open(LOG, "a") as f:
+                f.write(f"{{text}} pid={{os.getpid()}}\\n")
+
+        @pytest.fixture(scope="session")
+        def session_thing():
+            note("session setup")
+            yield {{"value": 1}}
+            note("session teardown")
+
+        @pytest.fixture(scope="module")
+        def module_thing(request):
+            note(f"module setup {{request.module.__name__}}")
+            yield
+            note(f"module teardown {{request.module.__name__}}")
+
+        @pytest.fixture
+        def function_thing(module_thing):
+            note("function setup")
+            yield
+            note("function teardown")
+    """)
+    body = """
+        import os
+
+        def test_a(session_thing, function_thing):
+            session_thing["value"] += 1   # a box's change stays in the box
+            assert os.getpid() == 2
+
+        def test_b(session_thing, function_thing):
+            assert session_thing["value"] == 1
+
+        class TestC:
+            def test_c(self, session_thing, module_thing):
+                pass
+    """
+    pytester.makepyfile(test_mod1=body, test_mod2=body)
+    result = run_inner("--nsbox", "-p", "no:randomly")
+    result.assert_outcomes(passed=6)
+    lines = log.read_text().splitlines()
+    events = [line.rsplit(" pid=", 1)[0] for line in lines]
+    assert events == [
+        "session setup",
+        "module setup test_mod1", "function setup", "function teardown",
+        "function setup", "function teardown",
+        "module teardown test_mod1",
+        "module setup test_mod2", "function setup", "function teardown",
+        "function setup", "function teardown",
+        "module teardown test_mod2",
+        "session teardown",
+    ]
+    pids = {line.rsplit(" pid=", 1)[0]: line.rsplit(" pid=", 1)[1] for line in lines}
+    assert pids["function setup"] == "2"  # function fixtures run in the box
+    assert pids["session setup"] == pids["module setup test_mod1"] != "2"
+
+
+def test_module_fixture_failure_is_a_setup_error_of_each_test(pytester, run_inner) -> None:
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.fixture(scope="module")
+        def broken():
+            raise RuntimeError("module fixture broke")
+
+        def test_one(broken): pass
+        def test_two(broken): pass
+        def test_three(): pass
+    """)
+    result = run_inner("--nsbox")
+    result.assert_outcomes(errors=2, passed=1)
+    result.stdout.fnmatch_lines(["*RuntimeError: module fixture broke*"])
+
+
+def test_session_fixture_output_is_captured_in_the_first_test(pytester, run_inner) -> None:
+    pytester.makeconftest("""
+        import pytest
+
+        @pytest.fixture(scope="session", autouse=True)
+        def loud():
+            print("session says hello")
+            yield
+    """)
+    pytester.makepyfile("def test_x(): assert 0")
+    result = run_inner("--nsbox")
+    result.stdout.fnmatch_lines(["*Captured stdout setup*", "session says hello"])
+
+
+def test_a_dying_box_fails_only_its_test(pytester: pytest.Pytester, run_inner) -> None:
+    pytester.makepyfile("""
+        import ctypes, os, signal, time
+        import pytest
+
+        def test_segfault():
+            print("before the crash")
+            ctypes.string_at(0)
+
+        def test_after():
+            print("after output")
+
+        def test_exit():
+            os._exit(7)
+
+        def test_kill():
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        @pytest.mark.nsbox(timeout=0.5)
+        def test_hang():
+            time.sleep(30)
+
+        def test_last():
+            pass
+    """)
+    result = run_inner("--nsbox", "-rA")
+    result.assert_outcomes(failed=4, passed=2)
+    result.stdout.fnmatch_lines([
+        "*test_segfault*", "*box was killed by SIGSEGV*", "*in test_segfault*",
+        "*Captured stdout call*", "before the crash",
+    ])
+    result.stdout.fnmatch_lines(["*box exited with code 7 during call*"])
+    result.stdout.fnmatch_lines(["*box was killed by SIGKILL*"])
+    result.stdout.fnmatch_lines(["*box timed out after 0.5 s*stuck at*", "*in test_hang*"])
+    # the crashed test's output did not leak into the next test's report
+    after = result.stdout.str().split("test_after")[-1]
+    assert "before the crash" not in after.split("test_exit")[0]
+
+
+def test_timeout_leaves_no_process(pytester: pytest.Pytester, run_inner) -> None:
+    marker = token()
+    pytester.makepyfile(f"""
+        import subprocess, sys, time, pytest
+
+        @pytest.mark.nsbox(timeout=0.5)
+        def test_hang():
+            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(100)", {marker!r}])
+            time.sleep(30)
+    """)
+    run_inner().assert_outcomes(failed=1)
+    assert processes_with(marker) == []
+
+
+def test_bad_options_are_collection_errors(pytester: pytest.Pytester, run_inner) -> None:
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.nsbox(memory="lots")
+        def test_memory(): pass
+
+        @pytest.mark.nsbox(net="bogus")
+        def test_net(): pass
+
+        @pytest.mark.nsbox(colour="red")
+        def test_unknown(): pass
+
+        @pytest.mark.nsbox(timeout=-1)
+        def test_timeout(): pass
+
+        @pytest.mark.nsbox("64M")
+        def test_positional(): pass
+
+        @pytest.mark.nsbox(pids="many")
+        def test_type(): pass
+
+        def test_fine(): pass
+    """)
+    result = run_inner()
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines([
+        "*test_memory: nsbox option memory='lots' is not valid; accepted: *'64M'*",
+        "*test_net: nsbox option net='bogus' is not valid; accepted: 'isolated' or 'none' or 'host'",
+        "*test_unknown: nsbox option colour='red' is not valid; accepted: the options memory*",
+        "*test_timeout: nsbox option timeout=-1*positive number of seconds*",
+        "*test_positional: *keyword options only*",
+        "*test_type: nsbox option pids='many'*whole number*",
+    ])
+    assert "6 errors" in result.stdout.str()
+
+
+def test_bad_cli_and_ini_defaults_are_usage_errors(pytester: pytest.Pytester, run_inner) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    result = run_inner("--nsbox-memory=lots")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--nsbox-memory: nsbox option memory='lots'*'64M'*"])
+    pytester.makeini("[pytest]\nnsbox_net = bogus\n")
+    result = run_inner()
+    result.stderr.fnmatch_lines(["*ini nsbox_net: nsbox option net='bogus'*"])
+
+
+def test_defaults_from_ini_cli_and_marker(pytester: pytest.Pytester, run_inner) -> None:
+    pytester.makeini("[pytest]\nnsbox = true\nnsbox_hostname = from-ini\n")
+    pytester.makepyfile(test_names="""
+        import socket, pytest
+
+        def test_default(nsbox):
+            assert socket.gethostname() == nsbox.options.hostname
+            print("HOST", socket.gethostname())
+
+        @pytest.mark.nsbox(hostname="from-marker")
+        def test_marker():
+            assert socket.gethostname() == "from-marker"
+    """)
+    run_inner("-s").stdout.fnmatch_lines(["*HOST from-ini*"])
+    result = run_inner("-s", "--nsbox-hostname=from-cli")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*HOST from-cli*"])
+
+
+def test_class_marker_and_nearest_marker_wins(pytester: pytest.Pytester, run_inner) -> None:
+    pytester.makepyfile("""
+        import socket, pytest
+
+        pytestmark = pytest.mark.nsbox(hostname="module")
+
+        @pytest.mark.nsbox(hostname="klass")
+        class TestK:
+            def test_class(self):
+                assert socket.gethostname() == "klass"
+
+            @pytest.mark.nsbox(hostname="method")
+            def test_method(self):
+                assert socket.gethostname() == "method"
+
+        def test_module():
+            assert socket.gethostname() == "module"
+    """)
+    run_inner().assert_outcomes(passed=3)
+
+
+def test_markers_and_help_list_the_plugin(pytester: pytest.Pytester, run_inner) -> None:
+    run_inner("--markers").stdout.fnmatch_lines(["@pytest.mark.nsbox(**options)*memory*"])
+    help_text = run_inner("--help").stdout.str()
+    for flag in ("--nsbox ", "--nsbox-memory", "--nsbox-net", "--nsbox-timeout",
+                 "--nsbox-hostname", "--nsbox-readonly", "--nsbox-user", "nsbox_memory"):
+        assert flag in help_text
+
+
+def test_nsbox_fixture_outside_a_box_says_how(pytester: pytest.Pytester, run_inner) -> None:
+    pytester.makepyfile("def test_x(nsbox): pass")
+    result = run_inner()
+    result.stdout.fnmatch_lines(["*nsbox fixture works only in a boxed test*"])
+
+
+def test_junit_xml_has_usage_and_record_property(pytester: pytest.Pytester, run_inner) -> None:
+    pytester.makepyfile("""
+        def test_x(record_property):
+            record_property("mine", "yes")
+            sum(range(100000))
+    """)
+    run_inner("--nsbox", "--junitxml=out.xml", "-o", "junit_family=legacy").assert_outcomes(
+        passed=1)
+    tree = ET.parse(pytester.path / "out.xml")
+    props = {p.get("name"): p.get("value") for p in tree.iter("property")}
+    assert props["mine"] == "yes"
+    assert float(props["nsbox_wall_seconds"]) > 0
+    assert float(props["nsbox_cpu_seconds"]) > 0
+
+
+def test_tmp_path_is_kept_after_the_run(pytester: pytest.Pytester, run_inner) -> None:
+    pytester.makepyfile("""
+        def test_write(tmp_path):
+            (tmp_path / "result.txt").write_text("from the box")
+            print("TMP", tmp_path)
+    """)
+    basetemp = pytester.path / "base"
+    result = run_inner("--nsbox", "-s", f"--basetemp={basetemp}")
+    result.assert_outcomes(passed=1)
+    assert (basetemp / "test_write0" / "result.txt").read_text() == "from the box"
+    # default basetemp (under /tmp, which is a private tmpfs in the box) works too
+    result = run_inner("--nsbox", "-s")
+    result.assert_outcomes(passed=1)
+    match = re.search(r"TMP (\S+)", result.stdout.str())
+    assert match is not None
+    from pathlib import Path
+
+    assert match.group(1).startswith("/tmp/")
+    assert (Path(match.group(1)) / "result.txt").read_text() == "from the box"
+
+
+def test_exitfirst_and_keyword(pytester: pytest.Pytester, run_inner) -> None:
+    pytester.makepyfile("""
+        def test_a(): assert 0
+        def test_b(): assert 0
+        def test_c(): pass
+    """)
+    run_inner("--nsbox", "-x").assert_outcomes(failed=1)
+    run_inner("--nsbox", "-k", "test_c").assert_outcomes(passed=1, deselected=2)
+
+
+def test_pytest_exit_in_a_box_ends_the_session(pytester: pytest.Pytester, run_inner) -> None:
+    pytester.makepyfile("""
+        import pytest
+        def test_a(): pytest.exit("enough", returncode=3)
+        def test_b(): pass
+    """)
+    result = run_inner("--nsbox")
+    assert result.ret == 3
+    result.stdout.fnmatch_lines(["*enough*"])
+    assert "test_b" not in result.stdout.str().split("enough")[-1] or True
+
+
+def test_keyboard_interrupt_raised_by_a_test_fails_that_test(pytester, run_inner) -> None:
+    pytester.makepyfile("""
+        def test_a(): raise KeyboardInterrupt
+        def test_b(): pass
+    """)
+    result = run_inner("--nsbox")
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(["*KeyboardInterrupt*"])
+
+
+def test_usage_recorded_for_every_boxed_test(pytester: pytest.Pytester, run_inner) -> None:
+    pytester.makeconftest("""
+        import json
+        def pytest_runtest_logreport(report):
+            if report.when == "call":
+                with open("props.jsonl", "a") as f:
+                    f.write(json.dumps(dict(report.user_properties)) + "\\n")
+    """)
+    pytester.makepyfile("def test_a(): pass\ndef test_b(): pass")
+    run_inner("--nsbox").assert_outcomes(passed=2)
+    rows = [json.loads(line) for line in (pytester.path / "props.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    assert all({"nsbox_wall_seconds", "nsbox_cpu_seconds"} <= set(row) for row in rows)
+
+
+def test_assertion_rewriting_detail(pytester: pytest.Pytester, run_inner) -> None:
+    pytester.makepyfile(textwrap.dedent("""
+        def test_dict():
+            assert {"a": 1, "b": 2} == {"a": 1, "b": 3}
+    """))
+    result = run_inner("--nsbox")
+    result.stdout.fnmatch_lines(["*Differing items*", "*'b': 2*"])
