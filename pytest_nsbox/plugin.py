@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -27,7 +27,6 @@ class SessionState:
     keep_paths: tuple[str, ...] = ()
     writable_paths: tuple[str, ...] = ()
     prepared: bool = False
-    usage: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 state_key = pytest.StashKey[SessionState]()
@@ -73,6 +72,34 @@ def pytest_configure(config: pytest.Config) -> None:
     if box_all is None:
         box_all = bool(config.getini("nsbox"))
     config.stash[state_key] = SessionState(_defaults(config), bool(box_all))
+    _box_reruns(config)
+
+
+def _box_reruns(config: pytest.Config) -> None:
+    """pytest-rerunfailures runs its own protocol loop: make each of its runs a fresh box."""
+    module = config.pluginmanager.get_plugin("rerunfailures")
+    original = getattr(module, "runtestprotocol", None)
+    if original is None:
+        return
+
+    def runtestprotocol(item: pytest.Item, log: bool = True,
+                        nextitem: pytest.Item | None = None) -> list[pytest.TestReport]:
+        options = item.stash.get(options_key, None)
+        if options is None:
+            return original(item, log=log, nextitem=nextitem)  # type: ignore[no-any-return]
+        from .protocol import boxed_runtestprotocol
+
+        return boxed_runtestprotocol(item, nextitem, options, _prepared(item), log=log)
+
+    module.runtestprotocol = runtestprotocol  # type: ignore[union-attr]
+    config.add_cleanup(lambda: setattr(module, "runtestprotocol", original))
+
+
+def _reruns_handle(item: pytest.Item) -> bool:
+    """True when pytest-rerunfailures will run this item (through our boxed protocol)."""
+    module = item.config.pluginmanager.get_plugin("rerunfailures")
+    count = getattr(module, "get_reruns_count", None)
+    return count is not None and count(item) is not None
 
 
 def item_options(item: pytest.Item, state: SessionState) -> BoxOptions | None:
@@ -105,8 +132,11 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         items[:] = [item for item in items if item not in bad]
 
 
-def _prepare_session(item: pytest.Item, state: SessionState) -> None:
-    """Fix what every box shares before the first fork: pytest's basetemp above all."""
+def _prepared(item: pytest.Item) -> SessionState:
+    """The session state, with what every box shares fixed before the first fork."""
+    state = item.config.stash[state_key]
+    if state.prepared:
+        return state
     config = item.config
     paths = {str(config.rootpath), str(config.invocation_params.dir), os.getcwd()}
     state.keep_paths = tuple(sorted(os.path.realpath(p) for p in paths))
@@ -114,19 +144,20 @@ def _prepare_session(item: pytest.Item, state: SessionState) -> None:
     if factory is not None:
         state.writable_paths = (os.path.realpath(factory.getbasetemp()),)
     state.prepared = True
+    return state
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
     options = item.stash.get(options_key, None)
-    if options is None:
+    if options is None or _reruns_handle(item):
         return None
-    state = item.config.stash[state_key]
-    if not state.prepared:
-        _prepare_session(item, state)
-    from .protocol import run_boxed
+    from .protocol import boxed_runtestprotocol
 
-    state.usage[item.nodeid] = run_boxed(item, nextitem, options, state)
+    ihook = item.ihook
+    ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    boxed_runtestprotocol(item, nextitem, options, _prepared(item))
+    ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     return True
 
 

@@ -25,13 +25,16 @@ Phase = Literal["setup", "call", "teardown"]
 PHASES: tuple[Phase, ...] = ("setup", "call", "teardown")
 
 
-def run_boxed(item: pytest.Item, nextitem: pytest.Item | None, options: BoxOptions,
-              paths: Any) -> dict[str, Any]:
-    """Run `item` in a box and log its reports; return the box's usage figures."""
+usage_key = pytest.StashKey[dict[str, Any]]()
+
+
+def boxed_runtestprotocol(item: pytest.Item, nextitem: pytest.Item | None,
+                          options: BoxOptions, paths: Any, log: bool = True,
+                          ) -> list[pytest.TestReport]:
+    """`runtestprotocol` for a boxed item: its reports, logged when `log` is true."""
     ihook = item.ihook
     if hasattr(item, "_request") and not item._request:
         item._initrequest()  # a rerun (pytest-rerunfailures) of this item
-    ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
     shared, shared_out = _setup_shared(item)
     for name, text in zip(("stdout", "stderr"), shared_out, strict=True):
         if text:
@@ -40,7 +43,7 @@ def run_boxed(item: pytest.Item, nextitem: pytest.Item | None, options: BoxOptio
     usage: dict[str, Any] = {}
     exit_request = None
     if shared.excinfo is not None:
-        reports["setup"] = ihook.pytest_runtest_makereport(item=item, call=shared)
+        reports["setup"] = _make_report(item, shared)
     else:
         box = Box(options, keep_paths=paths.keep_paths, writable_paths=paths.writable_paths)
         outcome = box.execute(
@@ -62,21 +65,22 @@ def run_boxed(item: pytest.Item, nextitem: pytest.Item | None, options: BoxOptio
     for name, text in zip(("stdout", "stderr"), out[0], strict=True):
         if text:
             item.add_report_section("teardown", name, text)
-    parent_teardown = ihook.pytest_runtest_makereport(item=item, call=teardown)
+    parent_teardown = _make_report(item, teardown)
     reports["teardown"] = _merge_teardown(reports.get("teardown"), parent_teardown)
     if usage:
         reports["teardown"].user_properties.extend(usage.items())  # junitxml reads these
-    for phase in PHASES:
-        if phase in reports:
-            ihook.pytest_runtest_logreport(report=reports[phase])
+    ordered = [reports[phase] for phase in PHASES if phase in reports]
+    if log:
+        for report in ordered:
+            ihook.pytest_runtest_logreport(report=report)
     item._report_sections.clear()
+    item.stash[usage_key] = usage
     if hasattr(item, "_request"):
         item._request = False
         item.funcargs = None
-    ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     if exit_request is not None:
         pytest.exit(exit_request[0], exit_request[1])
-    return usage
+    return ordered
 
 
 # -- parent: fixtures of class scope and wider ------------------------------------------
@@ -147,6 +151,7 @@ def _in_box(item: pytest.Item, nextitem: pytest.Item | None, send: Any) -> None:
             state.stack[node] = ([], exc)  # the parent tears these down, not the box
     config = item.config
     hook = config.hook
+    before = {name: id(value) for name, value in vars(item).items()}
     caught: list[warnings.WarningMessage] = []
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -157,13 +162,35 @@ def _in_box(item: pytest.Item, nextitem: pytest.Item | None, send: Any) -> None:
                     report = call_and_report(item, phase, log=False, nextitem=nextitem)
                 else:
                     report = call_and_report(item, phase, log=False)
-                send(("report", hook.pytest_report_to_serializable(config=config, report=report)))
+                send(("report", hook.pytest_report_to_serializable(config=config, report=report),
+                      _changed_attributes(item, before)))
     except pytest.exit.Exception as exc:
         send(("exit", exc.msg, exc.returncode))
         raise
     finally:
         if caught:
             send(("warnings", [_portable_warning(w) for w in caught]))
+
+
+_OWN_ATTRIBUTES = frozenset({"_request", "funcargs", "_report_sections", "stash", "_store",
+                             "setup", "user_properties", "keywords", "_obj", "_instance"})
+
+
+def _changed_attributes(item: pytest.Item, before: dict[str, int]) -> dict[str, Any]:
+    """Attributes plugins set on the item in the box (rerunfailures keeps its state there),
+    so the parent's item looks as it would unboxed; those that do not pickle stay behind."""
+    import cloudpickle
+
+    changed = {}
+    for name, value in vars(item).items():
+        if name in _OWN_ATTRIBUTES or before.get(name) == id(value):
+            continue
+        try:
+            cloudpickle.dumps(value)
+        except Exception:  # noqa: BLE001, S112
+            continue
+        changed[name] = value
+    return changed
 
 
 def _portable_warning(message: warnings.WarningMessage) -> warnings.WarningMessage:
@@ -192,6 +219,8 @@ def _reports_from(item: pytest.Item, options: BoxOptions,
         if kind == "report":
             report = config.hook.pytest_report_from_serializable(config=config, data=frame[1])
             reports[report.when] = report
+            for name, value in frame[2].items():
+                setattr(item, name, value)
         elif kind == "warnings":
             for message in frame[1]:
                 item.ihook.pytest_warning_recorded.call_historic(kwargs=dict(
@@ -235,10 +264,20 @@ def _failure_report(item: pytest.Item, phase: Phase, message: str,
         pytest.fail(message, pytrace=False)
 
     call = CallInfo.from_call(fail, phase)
-    report: pytest.TestReport = item.ihook.pytest_runtest_makereport(item=item, call=call)
+    report = _make_report(item, call)
     for name, text in zip(("stdout", "stderr"), captured, strict=True):
         if text:
             report.sections.append((f"Captured {name} {phase}", text))
+    return report
+
+
+def _make_report(item: pytest.Item, call: CallInfo[None]) -> pytest.TestReport:
+    """A report through the makereport hooks, as unboxed; plain if a plugin's hook cannot
+    cope with a phase it did not see start (its state was in a box that died)."""
+    try:
+        report: pytest.TestReport = item.ihook.pytest_runtest_makereport(item=item, call=call)
+    except Exception:  # noqa: BLE001
+        report = pytest.TestReport.from_item_and_call(item, call)
     return report
 
 

@@ -468,3 +468,25 @@ def test_assertion_rewriting_detail(pytester: pytest.Pytester, run_inner) -> Non
     """))
     result = run_inner("--nsbox")
     result.stdout.fnmatch_lines(["*Differing items*", "*'b': 2*"])
+
+
+def test_rerunfailures_reruns_in_a_fresh_box(pytester: pytest.Pytester) -> None:
+    counter = pytester.path / "count"
+    pytester.makepyfile(f"""
+        import os, pytest
+
+        @pytest.mark.flaky(reruns=2)
+        def test_flaky():
+            path = {str(counter)!r}
+            runs = int(open(path).read()) if os.path.exists(path) else 0
+            open(path, "w").write(str(runs + 1))
+            print("RUN", runs, "PID", os.getpid())
+            assert os.getpid() == 2
+            assert runs == 2
+
+        def test_plain():
+            assert os.getpid() == 2
+    """)
+    result = pytester.runpytest_subprocess("--nsbox", "-p", "no:cacheprovider", "-rA")
+    assert result.parseoutcomes() == {"passed": 2, "rerun": 2}
+    assert counter.read_text() == "3"
