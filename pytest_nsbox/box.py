@@ -128,11 +128,11 @@ class Box:
         def target(send: Send) -> None:
             try:
                 message = ("return", fn(*args, **kwargs))
-            except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
+            except BaseException as exc:
                 message = _raised(exc)
             try:
                 send(message)
-            except Exception as exc:  # noqa: BLE001 - unpicklable or over the frame limit
+            except Exception as exc:
                 kind = "return value" if message[0] == "return" else "exception"
                 send(("raise", None, type(exc).__name__,
                       f"the box's {kind} could not be sent: {exc}", message[-1] if
@@ -165,7 +165,7 @@ def _raised(exc: BaseException) -> tuple[Any, ...]:
         import cloudpickle
 
         payload: bytes | None = cloudpickle.dumps(exc)
-    except Exception:  # noqa: BLE001
+    except Exception:
         payload = None
     return ("raise", payload, type(exc).__qualname__, str(exc), text)
 
@@ -186,7 +186,7 @@ def _rebuild(frame: Sequence[Any]) -> BaseException:
     if payload is not None:
         try:
             exc = pickle.loads(payload)
-        except Exception:  # noqa: BLE001
+        except Exception:
             exc = None
         if isinstance(exc, BaseException):
             exc.__cause__ = _RemoteTraceback(text)

@@ -28,7 +28,7 @@ def encode_frame(obj: Any, limit: int = DEFAULT_FRAME_LIMIT) -> bytes:
     """Pickle `obj` with cloudpickle into one frame; ValueError if over `limit`."""
     import cloudpickle
 
-    payload = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    payload: bytes = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     if len(payload) > limit:
         raise ValueError(f"frame of {len(payload)} bytes exceeds the limit of {limit} bytes")
     return HEADER.pack(MAGIC, len(payload)) + payload
@@ -52,15 +52,16 @@ class FrameDecoder:
     def feed(self, data: bytes) -> list[Any]:
         """Add `data`; return the objects of every frame now complete."""
         self._buffer += data
-        objects = []
+        objects: list[Any] = []
         while True:
             if self._need is None:
                 if len(self._buffer) < HEADER.size:
                     return objects
                 magic, length = HEADER.unpack_from(self._buffer)
                 if magic != MAGIC:
+                    start = bytes(self._buffer[:16])
                     raise ChannelError(
-                        f"junk on the result pipe: expected a frame header, got {bytes(self._buffer[:16])!r}"
+                        f"junk on the result pipe: expected a frame header, got {start!r}"
                     )
                 if length > self.limit:
                     raise ChannelError(
@@ -76,7 +77,9 @@ class FrameDecoder:
             try:
                 objects.append(pickle.loads(payload))
             except Exception as exc:
-                raise ChannelError(f"a frame did not unpickle: {type(exc).__name__}: {exc}") from exc
+                raise ChannelError(
+                    f"a frame did not unpickle: {type(exc).__name__}: {exc}"
+                ) from exc
 
     def close(self) -> None:
         """Declare the end of the stream; ChannelError if it ended inside a frame."""

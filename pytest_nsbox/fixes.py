@@ -26,9 +26,9 @@ MOUNT_FIX = (
 def explain_setup_failure(step: str, err: int) -> str:
     """One message: the step that failed, the kernel's reason, and the fix."""
     reason = f"{step} failed: {errno.errorcode.get(err, err)} ({_strerror(err)})"
-    if step == "clone" or step == "unshare":
-        if err in (errno.EPERM, errno.ENOSPC, errno.EINVAL, errno.EUSERS):
-            return f"cannot create the box's namespaces: {reason}. Fix: {USERNS_FIX}"
+    if step in ("clone", "unshare") and err in (errno.EPERM, errno.ENOSPC, errno.EINVAL,
+                                                  errno.EUSERS):
+        return f"cannot create the box's namespaces: {reason}. Fix: {USERNS_FIX}"
     if step.startswith(("write uid_map", "write gid_map", "write setgroups")):
         return (f"the kernel created a user namespace but refused its id map: {reason}. "
                 f"Fix: {USERNS_FIX}")

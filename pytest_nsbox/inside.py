@@ -80,7 +80,7 @@ def init_main(plan: Plan) -> NoReturn:
             if pid == child:
                 break
         os.write(plan.diag_fd, STATUS_MARK + str(status).encode() + b"\n")
-    except BaseException:  # noqa: BLE001 - report, never unwind into pytest's stack
+    except BaseException:
         _print_exception(plan.diag_fd)
         os._exit(120)
     os._exit(0)
@@ -95,7 +95,7 @@ def _relay(pid: int) -> None:
 
 def _ignore_python_handlers() -> dict[int, Any]:
     """The init ignores signals pytest handles in Python (SIGINT...); the test restores them."""
-    saved = {}
+    saved: dict[int, Any] = {}
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM, signal.SIGUSR1,
                    signal.SIGUSR2, signal.SIGQUIT):
         handler = signal.getsignal(signum)
@@ -168,13 +168,13 @@ def test_main(plan: Plan, saved_handlers: dict[int, Any]) -> NoReturn:
         plan.target(Sender(plan.result_fd, plan.frame_limit))
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException:  # noqa: BLE001
+    except BaseException:
         _print_exception(plan.diag_fd)
         code = 1
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except Exception:  # noqa: BLE001, S110
+        except Exception:
             pass
     os._exit(code)
 

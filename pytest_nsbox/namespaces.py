@@ -24,14 +24,14 @@ __all__ = [
     "CLONE_NEWUSER",
     "CLONE_NEWUTS",
     "SetupFailed",
+    "bind_back",
     "bring_loopback_up",
     "clone_box",
     "make_mounts_private",
+    "make_readonly",
+    "make_writable",
     "mount_proc",
     "mount_tmpfs",
-    "make_readonly",
-    "bind_back",
-    "make_writable",
     "set_parent_death_signal",
     "write_id_maps",
 ]
@@ -78,7 +78,8 @@ _pylibc = ctypes.PyDLL(None, use_errno=True)
 _raw_syscall = _pylibc.syscall
 _raw_syscall.restype = ctypes.c_long
 _mount = _libc.mount
-_mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                   ctypes.c_char_p]
 _prctl = _libc.prctl
 _prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 _syscall = _libc.syscall

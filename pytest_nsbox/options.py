@@ -38,7 +38,9 @@ class OptionError(ValueError):
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([kmgtp]?)(i?)(b?)\s*$", re.IGNORECASE)
 _SIZE_SHIFT = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50}
-_SIZE_ACCEPTED = "a positive number of bytes, or a string such as '64M', '1.5G', '512Ki' (binary units)"
+_SIZE_ACCEPTED = (
+    "a positive number of bytes, or a string such as '64M', '1.5G', '512Ki' (binary units)"
+)
 
 
 def parse_size(value: object, name: str = "memory") -> int:
@@ -132,7 +134,8 @@ _HOSTNAME_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1
 
 def _hostname(value: object) -> str:
     if not isinstance(value, str) or len(value) > 64 or not _HOSTNAME_RE.match(value):
-        raise OptionError("hostname", value, "a host name of letters, digits, '-' and '.', 64 at most")
+        raise OptionError("hostname", value,
+                          "a host name of letters, digits, '-' and '.', 64 at most")
     return value
 
 
@@ -278,7 +281,7 @@ def _parse_one(name: str, value: object) -> object:
 
 def parse_options(values: Mapping[str, object], base: BoxOptions | None = None) -> BoxOptions:
     """Validate `values` over `base` (the defaults); raise OptionError naming the option."""
-    parsed = {name: _parse_one(name, value) for name, value in values.items()}
+    parsed: dict[str, Any] = {name: _parse_one(name, value) for name, value in values.items()}
     return dataclasses.replace(base or BoxOptions(), **parsed)
 
 

@@ -34,7 +34,7 @@ def boxed_runtestprotocol(item: pytest.Item, nextitem: pytest.Item | None,
     """`runtestprotocol` for a boxed item: its reports, logged when `log` is true."""
     ihook = item.ihook
     if hasattr(item, "_request") and not item._request:
-        item._initrequest()  # a rerun (pytest-rerunfailures) of this item
+        item._initrequest()  # type: ignore[attr-defined]  # a rerun of this item
     shared, shared_out = _setup_shared(item)
     for name, text in zip(("stdout", "stderr"), shared_out, strict=True):
         if text:
@@ -77,7 +77,7 @@ def boxed_runtestprotocol(item: pytest.Item, nextitem: pytest.Item | None,
     item.stash[usage_key] = usage
     if hasattr(item, "_request"):
         item._request = False
-        item.funcargs = None
+        item.funcargs = None  # type: ignore[attr-defined]
     if exit_request is not None:
         pytest.exit(exit_request[0], exit_request[1])
     return ordered
@@ -153,15 +153,17 @@ def _in_box(item: pytest.Item, nextitem: pytest.Item | None, send: Any) -> None:
     hook = config.hook
     before = {name: id(value) for name, value in vars(item).items()}
     caught: list[warnings.WarningMessage] = []
+    setup_passed = False
     try:
         with warnings.catch_warnings(record=True) as caught:
             for phase in PHASES:
-                if phase == "call" and (not report.passed or config.getoption("setuponly", False)):
+                if phase == "call" and (not setup_passed or config.getoption("setuponly", False)):
                     continue
                 if phase == "teardown":
                     report = call_and_report(item, phase, log=False, nextitem=nextitem)
                 else:
                     report = call_and_report(item, phase, log=False)
+                    setup_passed = setup_passed or (phase == "setup" and report.passed)
                 send(("report", hook.pytest_report_to_serializable(config=config, report=report),
                       _changed_attributes(item, before)))
     except pytest.exit.Exception as exc:
@@ -187,7 +189,7 @@ def _changed_attributes(item: pytest.Item, before: dict[str, int]) -> dict[str, 
             continue
         try:
             cloudpickle.dumps(value)
-        except Exception:  # noqa: BLE001, S112
+        except Exception:
             continue
         changed[name] = value
     return changed
@@ -200,7 +202,7 @@ def _portable_warning(message: warnings.WarningMessage) -> warnings.WarningMessa
     text = message.message
     try:
         cloudpickle.dumps((message.message, message.category))
-    except Exception:  # noqa: BLE001
+    except Exception:
         text = UserWarning(f"{message.category.__name__}: {message.message}")
     return warnings.WarningMessage(text, type(text) if isinstance(text, Warning) else UserWarning,
                                    message.filename, message.lineno, None, message.line)
@@ -276,7 +278,7 @@ def _make_report(item: pytest.Item, call: CallInfo[None]) -> pytest.TestReport:
     cope with a phase it did not see start (its state was in a box that died)."""
     try:
         report: pytest.TestReport = item.ihook.pytest_runtest_makereport(item=item, call=call)
-    except Exception:  # noqa: BLE001
+    except Exception:
         report = pytest.TestReport.from_item_and_call(item, call)
     return report
 

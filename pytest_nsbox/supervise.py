@@ -27,9 +27,10 @@ _DRAIN_GRACE = 5.0  # most seconds to wait for the pipes to close after the box 
 
 def _preload() -> None:
     """Import in the parent what every box needs, so no box pays for the import."""
-    import cloudpickle  # noqa: F401
     import faulthandler  # noqa: F401
     import traceback  # noqa: F401
+
+    import cloudpickle  # noqa: F401
 
     from . import fixes  # noqa: F401
 
@@ -91,7 +92,7 @@ def _relay_main(flags: int, plan: Plan) -> NoReturn:
         signal.signal(DUMP_SIGNAL, lambda *_: os.kill(init, DUMP_SIGNAL))
         _, status = os.waitpid(init, 0)
         os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 121)
-    except BaseException:  # noqa: BLE001
+    except BaseException:
         os._exit(122)
 
 
@@ -167,7 +168,7 @@ def _supervise(top: int, result_r: int, diag_r: int, timeout: float | None, limi
         raise
     finally:
         os.close(pidfd)
-    _, wait_status, rusage = os.wait4(top, 0)
+    _, _, rusage = os.wait4(top, 0)
     outcome.usage = Usage(cpu_seconds=rusage.ru_utime + rusage.ru_stime)
     text, status = _parse_diag(bytes(diag))
     outcome.status = status

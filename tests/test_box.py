@@ -12,8 +12,8 @@ import textwrap
 import time
 
 import pytest
-
 from helpers import processes_with, spawn_daemon, token, wait_gone
+
 from pytest_nsbox import (
     Box,
     BoxError,

@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_nsbox.channel import HEADER, MAGIC, ChannelError, FrameDecoder, encode_frame, write_frame
+from pytest_nsbox.channel import (
+    HEADER,
+    MAGIC,
+    ChannelError,
+    FrameDecoder,
+    encode_frame,
+    write_frame,
+)
 
 
 def test_round_trip_in_pieces() -> None:

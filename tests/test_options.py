@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_nsbox.options import OPTIONS, BoxOptions, OptionError, format_size, parse_options, parse_size
+from pytest_nsbox.options import (
+    OPTIONS,
+    BoxOptions,
+    OptionError,
+    format_size,
+    parse_options,
+    parse_size,
+)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,6 @@ import textwrap
 import xml.etree.ElementTree as ET
 
 import pytest
-
 from helpers import processes_with, token
 
 SUITE = """
@@ -305,7 +304,8 @@ def test_bad_options_are_collection_errors(pytester: pytest.Pytester, run_inner)
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines([
         "*test_memory: nsbox option memory='lots' is not valid; accepted: *'64M'*",
-        "*test_net: nsbox option net='bogus' is not valid; accepted: 'isolated' or 'none' or 'host'",
+        "*test_net: nsbox option net='bogus' is not valid; accepted: "
+        "'isolated' or 'none' or 'host'",
         "*test_unknown: nsbox option colour='red' is not valid; accepted: the options memory*",
         "*test_timeout: nsbox option timeout=-1*positive number of seconds*",
         "*test_positional: *keyword options only*",
