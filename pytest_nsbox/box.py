@@ -68,18 +68,17 @@ class Outcome:
         for frame in self.frames:
             if frame[0] == "unavailable":
                 return BoxUnavailable(frame[1])
-        if self.oom_killed and options.memory is not None:
-            return MemoryLimitExceeded(options.memory, self.usage.memory_peak)
         if self.timed_out:
             return BoxTimeout(options.timeout or 0.0, self.stack.strip())
         if self.channel_error:
             return BoxError(f"the box's result could not be read: {self.channel_error}")
         status = self.status
-        if status is not None and os.WIFSIGNALED(status):
-            return BoxKilled(os.WTERMSIG(status), self.stack.strip())
-        if status is None:
-            return BoxKilled(signal.SIGKILL, self.stack.strip())
-        return None
+        if status is not None and not os.WIFSIGNALED(status):
+            return None  # it ended by itself; an OOM kill of a child is the test's business
+        if self.oom_killed and options.memory is not None:
+            return MemoryLimitExceeded(options.memory, self.usage.memory_peak)
+        return BoxKilled(os.WTERMSIG(status) if status is not None else signal.SIGKILL,
+                         self.stack.strip())
 
     def exit_code(self) -> int | None:
         if self.status is not None and os.WIFEXITED(self.status):

@@ -70,6 +70,7 @@ def init_main(plan: Plan) -> NoReturn:
             prepare(plan)
         except ns.SetupFailed as exc:
             send_unavailable(plan, exc.step, exc.errno or 0)
+        _apply_rlimits(getattr(plan.cgroup, "rlimits", ()))
         saved = _ignore_python_handlers()
         child = os.fork()
         if child == 0:
@@ -84,6 +85,14 @@ def init_main(plan: Plan) -> NoReturn:
         _print_exception(plan.diag_fd)
         os._exit(120)
     os._exit(0)
+
+
+def _apply_rlimits(rlimits: Iterable[tuple[int, int]]) -> None:
+    """Best-effort mode: rlimits where the cgroup could not hold a limit (said in the report)."""
+    import resource
+
+    for kind, value in rlimits:
+        resource.setrlimit(kind, (value, value))
 
 
 def _relay(pid: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +101,12 @@ def _reruns_handle(item: pytest.Item) -> bool:
     module = item.config.pluginmanager.get_plugin("rerunfailures")
     count = getattr(module, "get_reruns_count", None)
     return count is not None and count(item) is not None
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    cgroups = sys.modules.get("pytest_nsbox.cgroups")
+    if cgroups is not None:
+        cgroups.session_cleanup()  # this process's session cgroup, once no box is left
 
 
 def item_options(item: pytest.Item, state: SessionState) -> BoxOptions | None:

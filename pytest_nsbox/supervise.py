@@ -13,6 +13,7 @@ from . import namespaces as ns
 from .box import Outcome, Usage
 from .channel import ChannelError, FrameDecoder
 from .errors import BoxUnavailable
+from .options import BoxOptions
 from .inside import DUMP_SIGNAL, STATUS_MARK, Plan, init_main, namespace_flags, send_unavailable
 
 if TYPE_CHECKING:
@@ -42,28 +43,63 @@ def run_box(box: Box, target: Callable[[Callable[[Any], None]], None],
         raise BoxUnavailable("user='host' (no user namespace) needs pytest to run as root; "
                              "use user='self' or user='root' instead")
     _preload()
+    cgroup = _make_cgroup(options)
     result_r, result_w = os.pipe()
     diag_r, diag_w = os.pipe()
     plan = Plan(options, target, result_w, diag_w, (result_r, diag_r), box.keep_paths,
-                box.writable_paths, box.frame_limit, os.geteuid(), os.getegid())
+                box.writable_paths, box.frame_limit, os.geteuid(), os.getegid(), cgroup,
+                cgroup.join_fds if cgroup is not None else ())
     started = time.monotonic()
     try:
-        top = _spawn(namespace_flags(options), plan)
-    except ns.SetupFailed as exc:
-        from .fixes import explain_setup_failure
+        try:
+            top = _spawn(namespace_flags(options), plan)
+        except ns.SetupFailed as exc:
+            from .fixes import explain_setup_failure
 
-        for fd in (result_r, result_w, diag_r, diag_w):
-            os.close(fd)
-        raise BoxUnavailable(explain_setup_failure(exc.step, exc.errno or 0)) from None
-    os.close(result_w)
-    os.close(diag_w)
-    try:
-        outcome = _supervise(top, result_r, diag_r, options.timeout, box.frame_limit, on_frame)
+            os.close(result_r)
+            os.close(diag_r)
+            raise BoxUnavailable(explain_setup_failure(exc.step, exc.errno or 0)) from None
+        finally:
+            os.close(result_w)
+            os.close(diag_w)
+            if cgroup is not None:
+                cgroup.close_join_fds()
+        try:
+            outcome = _supervise(top, result_r, diag_r, options.timeout, box.frame_limit,
+                                 on_frame, cgroup)
+        finally:
+            os.close(result_r)
+            os.close(diag_r)
+        outcome.usage.wall_seconds = time.monotonic() - started
+        if cgroup is not None:
+            _account(outcome, cgroup)
     finally:
-        os.close(result_r)
-        os.close(diag_r)
-    outcome.usage.wall_seconds = time.monotonic() - started
+        if cgroup is not None:
+            cgroup.remove()
     return outcome
+
+
+def _make_cgroup(options: BoxOptions) -> Any:
+    """The box's cgroup (limits and accounting), None where cgroups are not usable."""
+    from .cgroups import CgroupUnavailable, box_cgroup
+
+    try:
+        return box_cgroup(options)
+    except CgroupUnavailable as exc:
+        raise BoxUnavailable(str(exc)) from None
+
+
+def _account(outcome: Outcome, cgroup: Any) -> None:
+    """Usage and OOM kills from the cgroup's counters (the wait4 figures are kept as fallback)."""
+    measured = cgroup.usage()
+    usage = outcome.usage
+    measured.wall_seconds = usage.wall_seconds
+    if not measured.cpu_seconds:
+        measured.cpu_seconds = usage.cpu_seconds
+    if getattr(cgroup, "best_effort", None):
+        measured.extra["best_effort"] = cgroup.best_effort
+    outcome.usage = measured
+    outcome.oom_killed = cgroup.oom_killed()
 
 
 def _spawn(flags: int, plan: Plan) -> int:
@@ -97,7 +133,7 @@ def _relay_main(flags: int, plan: Plan) -> NoReturn:
 
 
 def _supervise(top: int, result_r: int, diag_r: int, timeout: float | None, limit: int,
-               on_frame: Callable[[Any], None] | None) -> Outcome:
+               on_frame: Callable[[Any], None] | None, cgroup: Any = None) -> Outcome:
     decoder = FrameDecoder(limit)
     outcome = Outcome(frames=[])
     diag = bytearray()
@@ -138,7 +174,7 @@ def _supervise(top: int, result_r: int, diag_r: int, timeout: float | None, limi
                         frames = decoder.feed(data)
                     except ChannelError as exc:
                         outcome.channel_error = str(exc)
-                        _kill(top)
+                        _kill(top, cgroup)
                         continue
                     outcome.frames += frames
                     if on_frame is not None:
@@ -154,7 +190,7 @@ def _supervise(top: int, result_r: int, diag_r: int, timeout: float | None, limi
                     len(diag) and now - last_diag >= _DUMP_QUIET)):
                 dump_until = None
                 outcome.stack = diag.decode("utf-8", "replace")
-                _kill(top)
+                _kill(top, cgroup)
             if drain_until is not None and now >= drain_until:
                 break  # the box is gone; something outside it holds a pipe open
         if outcome.channel_error is None:
@@ -163,7 +199,7 @@ def _supervise(top: int, result_r: int, diag_r: int, timeout: float | None, limi
             except ChannelError as exc:
                 outcome.channel_error = str(exc)
     except BaseException:
-        _kill(top)
+        _kill(top, cgroup)
         os.waitpid(top, 0)
         raise
     finally:
@@ -184,8 +220,11 @@ def _signal(pid: int, signum: int) -> None:
         pass
 
 
-def _kill(pid: int) -> None:
+def _kill(pid: int, cgroup: Any = None) -> None:
+    """Kill the box: its init (the pid namespace dies with it) and its whole cgroup."""
     _signal(pid, signal.SIGKILL)
+    if cgroup is not None:
+        cgroup.kill()
 
 
 def _parse_diag(data: bytes) -> tuple[str, int | None]:

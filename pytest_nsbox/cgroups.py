@@ -1,0 +1,738 @@
+"""Cgroups for boxes: one session cgroup per process, one cgroup per box below it.
+
+Layout (v2; on v1 the same under each hierarchy used)::
+
+    <the cgroup pytest runs in>/nsbox-<pid>-<random>/box-<n>
+
+Two backends share one object, `BoxCgroup`: v1 (a directory per hierarchy: memory,
+cpuacct, pids, and cpu/cpuset when asked) and v2 (one directory). Every box gets a
+cgroup when cgroups are writable, because `ru_maxrss` of a fork is wrong and the cgroup
+is what measures a box. Files are written with os.open/os.write: every test pays for
+this, so it stays a handful of syscalls.
+
+cgroup v2 forbids processes in a cgroup that enables controllers for its children ("no
+internal processes"). When pytest's own cgroup holds processes and a controller must be
+enabled below it, every process there moves into a leaf `nsbox-leaf-<pid>` beside the
+sessions; `session_cleanup` moves them back and removes the leaf once no session is left.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import errno
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .box import Usage
+    from .options import BoxOptions
+
+__all__ = [
+    "BEST_EFFORT",
+    "BoxCgroup",
+    "CgroupUnavailable",
+    "box_cgroup",
+    "detect",
+    "session_cleanup",
+]
+
+#: When True, a limit cgroups cannot enforce becomes an rlimit noted in the report
+#: instead of CgroupUnavailable (the plugin wires this to an ini option).
+BEST_EFFORT = False
+
+ROOT = "/sys/fs/cgroup"
+SESSION_PREFIX = "nsbox-"
+LEAF_PREFIX = "nsbox-leaf-"
+DELEGATE_FIX = "systemd-run --user --scope -p Delegate=yes pytest ..."
+_V2_FIX = (f"run pytest in a cgroup delegated to you: `{DELEGATE_FIX}` (or run pytest as root)")
+_V1_FIX = ("run pytest as root, or in a cgroup your user owns: `sudo cgcreate -a $USER -t $USER "
+           "-g memory,cpu,cpuacct,cpuset,pids:$USER` then `cgexec -g "
+           "memory,cpu,cpuacct,cpuset,pids:$USER pytest ...`")
+_BEST_EFFORT_HINT = " (or allow best-effort rlimits: ini option nsbox_best_effort = true)"
+
+_LIMIT_CONTROLLER = {"memory": "memory", "cpu": "cpu", "cpuset": "cpuset", "pids": "pids"}
+_V1_ACCOUNTING = ("memory", "cpuacct", "pids")
+_V2_ACCOUNTING = ("memory", "pids")
+_CPU_PERIOD = 100_000
+_W = os.O_WRONLY | os.O_CLOEXEC
+_R = os.O_RDONLY | os.O_CLOEXEC
+_REMOVE_PATIENCE = 2.0  # most seconds remove() waits for a cgroup to empty
+
+
+class CgroupUnavailable(Exception):
+    """A limit was asked that this machine cannot enforce; the message names the fix."""
+
+
+# --- small file helpers (no Python file objects: every box pays for these) -----------
+
+def _write(path: str, data: bytes) -> None:
+    fd = os.open(path, _W)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _read(path: str) -> bytes:
+    fd = os.open(path, _R)
+    try:
+        return os.read(fd, 65536)
+    finally:
+        os.close(fd)
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        return int(_read(path))
+    except (OSError, ValueError):
+        return None
+
+
+def _keyed(path: str) -> dict[str, int]:
+    """A flat keyed file (cpu.stat, memory.events, memory.oom_control) as a dict."""
+    try:
+        text = _read(path)
+    except OSError:
+        return {}
+    out = {}
+    for line in text.split(b"\n"):
+        key, _, value = line.partition(b" ")
+        if value.isdigit():
+            out[key.decode()] = int(value)
+    return out
+
+
+def _pids(procs: str) -> list[int]:
+    try:
+        return [int(p) for p in _read_all(procs).split()]
+    except OSError:
+        return []
+
+
+def _read_all(path: str) -> bytes:
+    fd = os.open(path, _R)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _session_pid(entry: str) -> int | None:
+    """The pid in `nsbox-<pid>-<random>` (None for other names, leaves included)."""
+    if not entry.startswith(SESSION_PREFIX) or entry.startswith(LEAF_PREFIX):
+        return None
+    pid = entry[len(SESSION_PREFIX):].split("-", 1)[0]
+    return int(pid) if pid.isdigit() else None
+
+
+# --- layout detection ------------------------------------------------------------------
+
+@dataclass
+class _Layout:
+    version: str  # "v1", "v2", "hybrid" or "none"
+    unified: str | None = None  # this process's cgroup directory on the v2 hierarchy
+    v1: dict[str, str] = field(default_factory=dict)  # controller -> this process's v1 dir
+
+
+def _layout() -> _Layout:
+    mounts: list[tuple[str, str, str, set[str]]] = []  # (fstype, mount root, mountpoint, opts)
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f.read().decode().splitlines():
+            left, _, right = line.partition(" - ")
+            fields, rfields = left.split(), right.split()
+            if len(rfields) >= 3 and rfields[0] in ("cgroup", "cgroup2"):
+                mounts.append((rfields[0], fields[3], fields[4], set(rfields[2].split(","))))
+    with open("/proc/self/cgroup", "rb") as f:
+        own = [line.split(":", 2) for line in f.read().decode().splitlines() if line]
+    layout = _Layout("none")
+    v1_paths = {c: path for _, ctrls, path in own if ctrls for c in ctrls.split(",")}
+    unified_path = next((path for _, ctrls, path in own if not ctrls), None)
+    for fstype, mroot, point, opts in mounts:
+        if fstype == "cgroup2" and unified_path is not None and layout.unified is None:
+            layout.unified = _join(point, mroot, unified_path)
+        elif fstype == "cgroup":
+            for c in opts & set(v1_paths):
+                layout.v1.setdefault(c, _join(point, mroot, v1_paths[c]))
+    if layout.v1:
+        layout.version = "hybrid" if layout.unified else "v1"
+    elif layout.unified:
+        layout.version = "v2"
+    return layout
+
+
+def _join(point: str, mroot: str, path: str) -> str:
+    if mroot != "/" and (path == mroot or path.startswith(mroot + "/")):
+        path = path[len(mroot):]
+    return point + path.rstrip("/") if path != "/" else point
+
+
+# --- the session: one per process ----------------------------------------------------
+
+class _Session:
+    """This process's session cgroup(s), made lazily, one per hierarchy used."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.name = f"{SESSION_PREFIX}{self.pid}-{os.urandom(3).hex()}"
+        self.layout = _layout()
+        self.dirs: dict[str, str] = {}  # parent dir -> session dir
+        self.failed: dict[str, str] = {}  # parent dir (or controller) -> why unusable
+        self.enabled: set[str] = set()  # v2: controllers enabled in the session
+        self.counter = 0
+        self.v2 = self.layout.version == "v2"
+        self.base: str | None = None
+        if self.v2 and self.layout.unified:
+            own = self.layout.unified
+            leaf = os.path.basename(own).startswith(LEAF_PREFIX)
+            self.base = os.path.dirname(own) if leaf else own
+        self.memsw: dict[str, bool] = {}
+
+    def session_dir(self, parent: str) -> str | None:
+        """The session directory under `parent`, made on first use (None if not writable)."""
+        made = self.dirs.get(parent)
+        if made is not None or parent in self.failed:
+            return made
+        _remove_stale(parent)
+        path = f"{parent}/{self.name}"
+        try:
+            os.mkdir(path)
+        except OSError as exc:
+            why = os.strerror(exc.errno or 0)
+            self.failed[parent] = f"cannot create a cgroup in {parent}: {why}"
+            return None
+        self.dirs[parent] = path
+        _register_exit()
+        if not self.v2 and os.path.exists(f"{path}/cpuset.cpus"):
+            for name in ("cpuset.cpus", "cpuset.mems"):  # empty in a new v1 cpuset cgroup
+                _write(f"{path}/{name}", _read(f"{parent}/{name}").strip() or b"\n")
+        return path
+
+    def v2_enable(self, controllers: Iterable[str]) -> dict[str, str]:
+        """Enable controllers for the boxes (base and session); return {ctrl: why not}."""
+        problems: dict[str, str] = {}
+        assert self.base is not None
+        session = self.session_dir(self.base)
+        if session is None:
+            why = self.failed[self.base]
+            return {c: why for c in controllers}
+        want = [c for c in controllers if c not in self.enabled and c not in self.failed]
+        if not want:
+            return {c: self.failed[c] for c in controllers if c in self.failed}
+        available = _read(f"{self.base}/cgroup.controllers").split()
+        for c in want:
+            if c.encode() not in available:
+                self.failed[c] = (f"the {c} controller is not available in {self.base} "
+                                  f"(it has: {b' '.join(available).decode() or 'none'})")
+        want = [c for c in want if c not in self.failed]
+        if want:
+            try:
+                _enable(self.base, want, may_move=True)
+                _enable(session, want, may_move=False)
+                self.enabled.update(want)
+            except OSError as exc:
+                for c in want:
+                    self.failed[c] = (f"cannot enable the {c} controller under {self.base}: "
+                                      f"{os.strerror(exc.errno or 0)}")
+        problems.update({c: self.failed[c] for c in controllers if c in self.failed})
+        return problems
+
+
+def _enable(cgroup: str, controllers: list[str], may_move: bool) -> None:
+    """Write +ctrl to subtree_control; when processes live there, move them to a leaf."""
+    have = _read(f"{cgroup}/cgroup.subtree_control").decode().split()
+    want = [c for c in controllers if c not in have]
+    if not want:
+        return
+    data = " ".join("+" + c for c in want).encode()
+    for attempt in range(5):
+        try:
+            _write(f"{cgroup}/cgroup.subtree_control", data)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or not may_move or attempt == 4:
+                raise
+            _move_to_leaf(cgroup)
+
+
+def _move_to_leaf(cgroup: str) -> None:
+    """Move every process of `cgroup` into nsbox-leaf-<pid> ("no internal processes")."""
+    leaf = f"{cgroup}/{LEAF_PREFIX}{os.getpid()}"
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(leaf)
+    for _ in range(20):
+        pids = _pids(f"{cgroup}/cgroup.procs")
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                _write(f"{leaf}/cgroup.procs", str(pid).encode())
+            except OSError as exc:
+                if exc.errno != errno.ESRCH:
+                    raise
+
+
+_session: _Session | None = None
+_exit_registered = False
+
+
+def _get_session() -> _Session:
+    global _session
+    if _session is None or _session.pid != os.getpid():
+        _session = _Session()  # a forked child never reuses its parent's session
+    return _session
+
+
+def _register_exit() -> None:
+    global _exit_registered
+    if not _exit_registered:
+        atexit.register(session_cleanup)
+        _exit_registered = True
+
+
+# --- the box cgroup ------------------------------------------------------------------
+
+class BoxCgroup:
+    """The cgroup (v2) or cgroups (v1, one per hierarchy) of one box."""
+
+    def __init__(self, dirs: dict[str, str], v2: bool, join_fds: tuple[int, ...] = (),
+                 rlimits: tuple[tuple[int, int], ...] = (), best_effort: str | None = None
+                 ) -> None:
+        #: controller -> directory ("" -> the one v2 directory)
+        self.dirs = dirs
+        self.v2 = v2
+        self.join_fds = join_fds
+        #: (resource, value) pairs the box applies with setrlimit (best-effort mode)
+        self.rlimits = rlimits
+        #: what was not enforced through cgroups, for the report (best-effort mode)
+        self.best_effort = best_effort
+        self._removed = False
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Every directory of this box, once each."""
+        return tuple(dict.fromkeys(self.dirs.values()))
+
+    def _dir(self, controller: str) -> str | None:
+        return self.dirs.get("") if self.v2 else self.dirs.get(controller)
+
+    def close_join_fds(self) -> None:
+        fds, self.join_fds = self.join_fds, ()
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def usage(self) -> Usage:
+        """Memory, CPU and tasks of the whole box so far, from the kernel's counters."""
+        from .box import Usage
+
+        usage = Usage()
+        if self.v2:
+            d = self.dirs.get("")
+            if d is None:
+                return usage
+            usage.memory_peak = _read_int(f"{d}/memory.peak")
+            usage.memory_current = _read_int(f"{d}/memory.current")
+            stat = _keyed(f"{d}/cpu.stat")
+            usage.cpu_seconds = stat.get("usage_usec", 0) / 1e6
+            if "throttled_usec" in stat:
+                usage.cpu_throttled_seconds = stat["throttled_usec"] / 1e6
+            usage.tasks = _read_int(f"{d}/pids.current")
+            usage.tasks_peak = _read_int(f"{d}/pids.peak")
+            return usage
+        if (d := self.dirs.get("memory")) is not None:
+            usage.memory_peak = _read_int(f"{d}/memory.max_usage_in_bytes")
+            usage.memory_current = _read_int(f"{d}/memory.usage_in_bytes")
+        if (d := self.dirs.get("cpuacct")) is not None:
+            usage.cpu_seconds = (_read_int(f"{d}/cpuacct.usage") or 0) / 1e9
+        if (d := self.dirs.get("pids")) is not None:
+            usage.tasks = _read_int(f"{d}/pids.current")
+        if (d := self.dirs.get("cpu")) is not None:
+            stat = _keyed(f"{d}/cpu.stat")
+            if "throttled_time" in stat:
+                usage.cpu_throttled_seconds = stat["throttled_time"] / 1e9
+        return usage
+
+    def oom_killed(self) -> bool:
+        """Whether the kernel's OOM killer killed a process of this box (not failcnt)."""
+        d = self._dir("memory")
+        if d is None:
+            return False
+        path = f"{d}/memory.events" if self.v2 else f"{d}/memory.oom_control"
+        return _keyed(path).get("oom_kill", 0) > 0
+
+    def kill(self) -> None:
+        """SIGKILL every process of the box: cgroup.kill where present, else one by one."""
+        for d in self.paths:
+            _kill_all(d)
+
+    def remove(self) -> None:
+        """Kill, then remove the box's directories (idempotent)."""
+        self.close_join_fds()
+        if self._removed:
+            return
+        self.kill()
+        for d in self.paths:
+            _remove_tree(d)  # a box inside this box may have left its own session below
+        self._removed = True
+
+
+def _kill_all(cgroup: str) -> None:
+    try:
+        _write(f"{cgroup}/cgroup.kill", b"1")
+        return
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return  # gone already
+    for rounds in range(1000):
+        pids = _pids(f"{cgroup}/cgroup.procs")
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        if rounds > 3:
+            time.sleep(0.001)  # forks racing the kill; let them show up
+
+
+def _rmdir(path: str) -> None:
+    """rmdir, retrying on EBUSY (dying tasks) with a short bounded backoff."""
+    delay, waited = 0.0002, 0.0
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or waited >= _REMOVE_PATIENCE:
+                raise
+        _kill_all(path)
+        time.sleep(delay)
+        waited += delay
+        delay = min(delay * 2, 0.05)
+
+
+def _remove_tree(path: str) -> None:
+    """Kill everything in a cgroup tree and remove it, deepest first."""
+    try:
+        entries = [e for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        _remove_tree(entry.path)
+    _kill_all(path)
+    _rmdir(path)
+
+
+def _remove_stale(parent: str) -> None:
+    """Remove sessions left under `parent` by a pytest that died (its pid is gone)."""
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return
+    for entry in entries:
+        pid = _session_pid(entry)
+        if pid is not None and pid != os.getpid() and not _alive(pid):
+            with contextlib.suppress(OSError):
+                _remove_tree(f"{parent}/{entry}")
+
+
+# --- creating a box's cgroup -----------------------------------------------------------
+
+def _asked(options: BoxOptions) -> dict[str, str]:
+    """{controller: what was asked} for the limits in `options`."""
+    asked = {}
+    for option, controller in _LIMIT_CONTROLLER.items():
+        value = getattr(options, option)
+        if value is not None:
+            asked[controller] = f"{option}={value!r}"
+    return asked
+
+
+def box_cgroup(options: BoxOptions, name: str | None = None) -> BoxCgroup | None:
+    """A fresh cgroup for one box under this process's session cgroup, with its limits.
+
+    None when no limit is asked and cgroups are not usable here (accounting falls back to
+    wait4); CgroupUnavailable naming the fix when a limit cannot be enforced, unless
+    BEST_EFFORT is on.
+    """
+    session = _get_session()
+    asked = _asked(options)
+    v2 = session.v2
+    if v2:
+        dirs, problems = _v2_parents(session, asked)
+    else:
+        dirs, problems = _v1_parents(session, asked)
+    rlimits: tuple[tuple[int, int], ...] = ()
+    note = None
+    if problems:
+        if not BEST_EFFORT:
+            raise CgroupUnavailable(_explain(session, problems, asked))
+        rlimits, note = _best_effort(options, problems)
+        for c in problems:
+            asked.pop(c, None)
+    if not dirs:
+        return BoxCgroup({}, v2, rlimits=rlimits, best_effort=note) if note else None
+    session.counter += 1
+    leaf = f"box-{session.counter}"
+    if name:
+        safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)[:48]
+        leaf += "-" + safe
+    made: dict[str, str] = {}
+    fds: list[int] = []
+    try:
+        by_parent: dict[str, list[str]] = {}
+        for controller, parent in dirs.items():
+            by_parent.setdefault(parent, []).append(controller)
+        for parent, controllers in by_parent.items():
+            path = f"{parent}/{leaf}"
+            os.mkdir(path)
+            for c in controllers:
+                made[c] = path
+            _write_limits(session, path, parent, controllers, options, asked)
+            fds.append(os.open(f"{path}/cgroup.procs", _W))
+    except OSError as exc:
+        for fd in fds:
+            os.close(fd)
+        BoxCgroup(made, v2).remove()
+        raise CgroupUnavailable(
+            f"cannot set up the box's cgroup under {next(iter(dirs.values()))}: "
+            f"{exc.filename or ''}: {os.strerror(exc.errno or 0)}") from None
+    return BoxCgroup(made, v2, tuple(fds), rlimits, note)
+
+
+def _v1_parents(session: _Session, asked: dict[str, str]
+                ) -> tuple[dict[str, str], dict[str, str]]:
+    """{controller: session dir} for the hierarchies a box uses, and {controller: why not}."""
+    dirs: dict[str, str] = {}
+    problems: dict[str, str] = {}
+    for c in dict.fromkeys((*_V1_ACCOUNTING, *asked)):
+        own = session.layout.v1.get(c)
+        if own is None:
+            if c in asked:
+                problems[c] = f"no cgroup v1 hierarchy has the {c} controller mounted"
+            continue
+        path = session.session_dir(own)
+        if path is None:
+            if c in asked:
+                problems[c] = session.failed[own]
+            continue
+        dirs[c] = path
+    return dirs, problems
+
+
+def _v2_parents(session: _Session, asked: dict[str, str]
+                ) -> tuple[dict[str, str], dict[str, str]]:
+    if session.base is None:
+        return {}, {c: "this machine has no usable cgroup hierarchy" for c in asked}
+    need = list(dict.fromkeys((*_V2_ACCOUNTING, *asked)))
+    problems = session.v2_enable(need)
+    session_path = session.dirs.get(session.base)
+    if session_path is None:
+        return {}, {c: why for c, why in problems.items() if c in asked}
+    return {"": session_path}, {c: why for c, why in problems.items() if c in asked}
+
+
+def _write_limits(session: _Session, path: str, parent: str, controllers: list[str],
+                  options: BoxOptions, asked: dict[str, str]) -> None:
+    v2 = session.v2
+    want = set(asked) if v2 else set(asked) & set(controllers)  # v1: this hierarchy's only
+    if "memory" in want and options.memory is not None:
+        limit = str(options.memory).encode()
+        if v2:
+            _write(f"{path}/memory.max", limit)
+            if _has(session, parent, "memory.swap.max"):
+                _write(f"{path}/memory.swap.max", b"0")
+        else:
+            _write(f"{path}/memory.limit_in_bytes", limit)
+            if _has(session, parent, "memory.memsw.limit_in_bytes"):
+                _write(f"{path}/memory.memsw.limit_in_bytes", limit)
+    if "cpu" in want and options.cpu is not None:
+        quota = max(1000, round(options.cpu * _CPU_PERIOD))
+        if v2:
+            _write(f"{path}/cpu.max", f"{quota} {_CPU_PERIOD}".encode())
+        else:
+            _write(f"{path}/cpu.cfs_period_us", str(_CPU_PERIOD).encode())
+            _write(f"{path}/cpu.cfs_quota_us", str(quota).encode())
+    if "cpuset" in want and options.cpuset is not None:
+        try:
+            _write(f"{path}/cpuset.cpus", options.cpuset.encode())
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                allowed = _read(f"{parent}/cpuset.cpus").decode().strip()
+                raise CgroupUnavailable(f"cpuset={options.cpuset!r} is not among the CPUs "
+                                        f"this process may use ({allowed})") from None
+            raise
+        if not v2:
+            _write(f"{path}/cpuset.mems", _read(f"{parent}/cpuset.mems").strip() or b"\n")
+    if "pids" in want and options.pids is not None:
+        _write(f"{path}/pids.max", str(options.pids).encode())
+
+
+def _has(session: _Session, parent: str, name: str) -> bool:
+    """Whether cgroups under `parent` have the file `name` (swap accounting), cached."""
+    key = f"{parent}\0{name}"
+    if key not in session.memsw:
+        session.memsw[key] = os.path.exists(f"{parent}/{name}")
+    return session.memsw[key]
+
+
+def _explain(session: _Session, problems: dict[str, str], asked: dict[str, str]) -> str:
+    what = ", ".join(asked[c] for c in problems)
+    why = "; ".join(dict.fromkeys(problems.values()))
+    if session.v2:
+        fix = _V2_FIX
+        if os.geteuid() != 0 and set(problems) & {"cpu", "cpuset"}:
+            fix += (". For cpu/cpuset, delegate them too: `sudo systemctl edit user@.service` "
+                    "with `[Service]` `Delegate=cpu cpuset io memory pids`")
+    elif session.layout.version == "none":
+        fix = "mount cgroup2: `mount -t cgroup2 none /sys/fs/cgroup` (as root)"
+    else:
+        fix = _V1_FIX
+    return f"the box asks {what}, which cgroups here cannot enforce: {why}. Fix: {fix}" + (
+        _BEST_EFFORT_HINT)
+
+
+def _best_effort(options: BoxOptions, problems: dict[str, str]
+                 ) -> tuple[tuple[tuple[int, int], ...], str]:
+    """rlimits standing in for the limits cgroups cannot enforce, and a note saying so."""
+    import resource
+
+    rlimits = []
+    notes = []
+    if "memory" in problems and options.memory is not None:
+        # the box is a fork of this process: its address space starts at this process's
+        rlimits.append((resource.RLIMIT_AS, options.memory + _vm_size()))
+        notes.append("memory as RLIMIT_AS (address space per process, above pytest's own)")
+    if "pids" in problems and options.pids is not None:
+        rlimits.append((resource.RLIMIT_NPROC, options.pids))
+        notes.append("pids as RLIMIT_NPROC (per user)")
+    for c in ("cpu", "cpuset"):
+        if c in problems:
+            notes.append(f"{c} not enforced")
+    return tuple(rlimits), "best-effort limits: " + "; ".join(notes)
+
+
+def _vm_size() -> int:
+    try:
+        for line in _read("/proc/self/status").split(b"\n"):
+            if line.startswith(b"VmSize:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+# --- end of session --------------------------------------------------------------------
+
+def session_cleanup() -> None:
+    """Remove this process's session cgroup(s) and undo a leaf move once nothing uses it."""
+    global _session
+    session = _session
+    if session is None or session.pid != os.getpid():
+        _restore_leaf()
+        return
+    for path in session.dirs.values():
+        with contextlib.suppress(OSError):
+            _remove_tree(path)
+    session.dirs.clear()
+    _session = None
+    _restore_leaf()
+
+
+def _restore_leaf() -> None:
+    """Move processes back out of nsbox-leaf-* and remove it once no live session is left."""
+    try:
+        own = _layout().unified
+    except OSError:
+        return
+    if own is None or not os.path.basename(own).startswith(LEAF_PREFIX):
+        return
+    base = os.path.dirname(own)
+    try:
+        entries = os.listdir(base)
+        for entry in entries:
+            pid = _session_pid(entry)
+            if pid is not None and _alive(pid):
+                return  # another process's session still needs the controllers
+        for entry in entries:
+            pid = _session_pid(entry)
+            if pid is not None:
+                _remove_tree(f"{base}/{entry}")
+        enabled = _read(f"{base}/cgroup.subtree_control").split()
+        if enabled:
+            _write(f"{base}/cgroup.subtree_control", b" ".join(b"-" + c for c in enabled))
+        for entry in entries:
+            if entry.startswith(LEAF_PREFIX):
+                leaf = f"{base}/{entry}"
+                for _ in range(20):
+                    pids = _pids(f"{leaf}/cgroup.procs")
+                    if not pids:
+                        break
+                    for pid in pids:
+                        with contextlib.suppress(ProcessLookupError):
+                            _write(f"{base}/cgroup.procs", str(pid).encode())
+                _rmdir(leaf)
+    except OSError:
+        return  # another process still needs it; the last one out restores
+
+
+# --- facts for the doctor ----------------------------------------------------------------
+
+def detect() -> dict[str, Any]:
+    """What cgroups this process can use, without creating anything."""
+    layout = _layout()
+    facts: dict[str, Any] = {"version": layout.version, "root": ROOT}
+    if layout.v1:
+        facts["v1"] = {
+            c: {"path": d, "writable": os.access(d, os.W_OK)} for c, d in sorted(layout.v1.items())
+        }
+        mem = layout.v1.get("memory")
+        memsw = f"{mem}/memory.memsw.limit_in_bytes"
+        facts["swap_accounting"] = bool(mem and os.path.exists(memsw))
+        facts["memory_peak"] = bool(mem and os.path.exists(f"{mem}/memory.max_usage_in_bytes"))
+        facts["cgroup_kill"] = False
+    if layout.version == "v2" and layout.unified:
+        own = layout.unified
+        leaf = os.path.basename(own).startswith(LEAF_PREFIX)
+        base = os.path.dirname(own) if leaf else own
+
+        def words(name: str) -> list[str]:
+            try:
+                return _read(f"{base}/{name}").decode().split()
+            except OSError:
+                return []
+
+        writable = os.access(base, os.W_OK) and os.access(f"{base}/cgroup.procs", os.W_OK)
+        facts.update({
+            "path": base,
+            "controllers_available": words("cgroup.controllers"),
+            "controllers_enabled": words("cgroup.subtree_control"),
+            "writable": writable,
+            "delegated": writable and os.access(f"{base}/cgroup.subtree_control", os.W_OK),
+            "cgroup_kill": os.path.exists(f"{base}/cgroup.kill"),
+            "memory_peak": os.path.exists(f"{base}/memory.peak"),
+            "swap_accounting": os.path.exists(f"{base}/memory.swap.max"),
+        })
+    elif layout.unified:
+        facts["unified"] = layout.unified
+    facts["best_effort"] = BEST_EFFORT
+    return facts
