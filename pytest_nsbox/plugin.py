@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -28,6 +28,8 @@ class SessionState:
     keep_paths: tuple[str, ...] = ()
     writable_paths: tuple[str, ...] = ()
     prepared: bool = False
+    #: nodeid -> the usage properties of its last box, for --nsbox-usage
+    usage: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 state_key = pytest.StashKey[SessionState]()
@@ -39,6 +41,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--nsbox", action="store_true", default=None,
                     help="run every test in a box (opt out with @pytest.mark.nsbox(enabled=False))")
     parser.addini("nsbox", type="bool", default=False, help="run every test in a box")
+    group.addoption("--nsbox-usage", type=int, default=0, metavar="N",
+                    help="show the N boxed tests that used the most memory and CPU")
     for spec in OPTIONS:
         if spec.name == "enabled":
             continue
@@ -101,6 +105,28 @@ def _reruns_handle(item: pytest.Item) -> bool:
     module = item.config.pluginmanager.get_plugin("rerunfailures")
     count = getattr(module, "get_reruns_count", None)
     return count is not None and count(item) is not None
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    count = config.getoption("nsbox_usage")
+    usage = config.stash[state_key].usage if state_key in config.stash else {}
+    if not count or not usage:
+        return
+    from .options import format_size
+
+    write = terminalreporter.write_line
+    for key, title in (("nsbox_memory_peak", "memory peak"), ("nsbox_cpu_seconds", "CPU")):
+        ranked = sorted((row for row in usage.items() if row[1].get(key) is not None),
+                        key=lambda row: row[1][key], reverse=True)[:count]
+        if not ranked:
+            continue
+        terminalreporter.write_sep("=", f"nsbox: top {len(ranked)} boxed tests by {title}")
+        for nodeid, row in ranked:
+            value = (format_size(row[key]) if key == "nsbox_memory_peak"
+                     else f"{row[key]:.3f} s")
+            extra = f" (throttled {row['nsbox_cpu_throttled_seconds']:.3f} s)" if (
+                key == "nsbox_cpu_seconds" and row.get("nsbox_cpu_throttled_seconds")) else ""
+            write(f"{value:>12}{extra}  {nodeid}")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -25,9 +25,6 @@ Phase = Literal["setup", "call", "teardown"]
 PHASES: tuple[Phase, ...] = ("setup", "call", "teardown")
 
 
-usage_key = pytest.StashKey[dict[str, Any]]()
-
-
 def boxed_runtestprotocol(item: pytest.Item, nextitem: pytest.Item | None,
                           options: BoxOptions, paths: Any, log: bool = True,
                           ) -> list[pytest.TestReport]:
@@ -74,7 +71,8 @@ def boxed_runtestprotocol(item: pytest.Item, nextitem: pytest.Item | None,
         for report in ordered:
             ihook.pytest_runtest_logreport(report=report)
     item._report_sections.clear()
-    item.stash[usage_key] = usage
+    if usage:
+        paths.usage[item.nodeid] = usage
     if hasattr(item, "_request"):
         item._request = False
         item.funcargs = None  # type: ignore[attr-defined]
@@ -313,6 +311,11 @@ def _usage_properties(outcome: Outcome) -> dict[str, Any]:
         "nsbox_wall_seconds": round(usage.wall_seconds, 6),
         "nsbox_cpu_seconds": round(usage.cpu_seconds, 6),
     }
-    if usage.memory_peak is not None:
-        properties["nsbox_memory_peak"] = usage.memory_peak
+    optional = {
+        "nsbox_memory_peak": usage.memory_peak,
+        "nsbox_tasks_peak": usage.tasks_peak,
+        "nsbox_cpu_throttled_seconds": usage.cpu_throttled_seconds,
+        "nsbox_best_effort": usage.extra.get("best_effort"),
+    }
+    properties.update((name, value) for name, value in optional.items() if value is not None)
     return properties

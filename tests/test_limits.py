@@ -1,0 +1,111 @@
+"""Limits end to end: real OOM kills, fork exhaustion and accounting in inner sessions."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import pytest
+from helpers import processes_with, token
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_in_cgroups():
+    import glob
+
+    def ours() -> set[str]:
+        return {path for path in glob.glob("/sys/fs/cgroup/**/nsbox-*", recursive=True)}
+
+    before = ours()
+    yield
+    assert ours() <= before
+
+
+def test_memory_limit_kills_the_box_and_says_so(pytester: pytest.Pytester, run_inner) -> None:
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.nsbox(memory="64M")
+        def test_hog():
+            data = bytearray(1 << 30)
+            for i in range(0, len(data), 4096):
+                data[i] = 1
+
+        def test_next():
+            pass
+    """)
+    result = run_inner("--nsbox")
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(["*exceeded its memory limit of 64 MiB (peak 64 MiB)*"])
+
+
+def test_memory_limit_covers_subprocesses(pytester: pytest.Pytester, run_inner) -> None:
+    pytester.makepyfile("""
+        import subprocess, sys, pytest
+
+        @pytest.mark.nsbox(memory="64M")
+        def test_child_hog():
+            code = "b = bytearray(512 << 20)\\nfor i in range(0, len(b), 4096): b[i] = 1"
+            proc = subprocess.run([sys.executable, "-c", code])
+            assert proc.returncode == -9  # the kernel killed the child at the box's limit
+    """)
+    run_inner().assert_outcomes(passed=1)
+
+
+def test_memory_peak_of_a_test_holding_64_mib(pytester: pytest.Pytester, run_inner) -> None:
+    pytester.makepyfile("""
+        def test_hold(nsbox):
+            data = bytearray(64 << 20)
+            for i in range(0, len(data), 4096):
+                data[i] = 1
+            print("INSIDE", nsbox.usage().memory_peak)
+    """)
+    result = run_inner("--nsbox", "-s", "--junitxml=out.xml", "--nsbox-usage=3")
+    result.assert_outcomes(passed=1)
+    props = {p.get("name"): p.get("value")
+             for p in ET.parse(pytester.path / "out.xml").iter("property")}
+    peak = int(props["nsbox_memory_peak"])
+    assert 64 << 20 <= peak <= (64 << 20) * 1.1
+    inside = int(result.stdout.str().split("INSIDE ")[1].split()[0])
+    assert 64 << 20 <= inside <= peak
+    result.stdout.fnmatch_lines(["*nsbox: top 1 boxed tests by memory peak*",
+                                 "*MiB*test_hold*", "*top 1 boxed tests by CPU*"])
+
+
+def test_fork_bomb_under_pids_ends_cleanly(pytester: pytest.Pytester, run_inner) -> None:
+    marker = token()
+    pytester.makepyfile(f"""
+        import errno, os, time, pytest
+
+        @pytest.mark.nsbox(pids=64, timeout=20)
+        def test_bomb():
+            children = 0
+            try:
+                while True:
+                    if os.fork() == 0:
+                        os.execvp("sleep", ["sleep", "100", {marker!r}])
+                    children += 1
+            except BlockingIOError as exc:
+                assert exc.errno == errno.EAGAIN
+            assert 50 <= children < 64
+    """)
+    result = run_inner("--junitxml=out.xml")
+    result.assert_outcomes(passed=1)
+    assert processes_with(marker) == []
+
+
+def test_limit_without_cgroups_is_unavailable_with_the_fix(pytester, run_inner) -> None:
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("lacks: an unprivileged user here (covered by the user lane)")
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.nsbox(memory="64M")
+        def test_x():
+            pass
+    """)
+    result = run_inner()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*memory=*"])
+    assert "Fix:" in result.stdout.str()
