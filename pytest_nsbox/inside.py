@@ -173,8 +173,12 @@ def test_main(plan: Plan, saved_handlers: dict[int, Any]) -> NoReturn:
         faulthandler.enable(file=plan.diag_fd, all_threads=True)
         faulthandler.register(DUMP_SIGNAL, file=plan.diag_fd, all_threads=True)
         box._current = box.BoxContext(plan.options, plan.cgroup)
-
-        plan.target(Sender(plan.result_fd, plan.frame_limit))
+        coverage = _restart_coverage()
+        try:
+            plan.target(Sender(plan.result_fd, plan.frame_limit))
+        finally:
+            if coverage is not None:
+                _save_coverage(coverage)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:
@@ -186,6 +190,40 @@ def test_main(plan: Plan, saved_handlers: dict[int, Any]) -> NoReturn:
         except Exception:
             pass
     os._exit(code)
+
+
+def _restart_coverage() -> Any:
+    """Measure the box in a coverage collector of its own (coverage.py, pytest-cov).
+
+    The parent's collector was copied by the fork, but its data would be lost at
+    os._exit; a fresh one saves to its own data file beside the parent's, which
+    pytest-cov combines at the end of the session.
+    """
+    coverage = sys.modules.get("coverage")
+    parent = coverage.Coverage.current() if coverage is not None else None
+    if parent is None:
+        return None
+    try:
+        from coverage.control import CONFIG_DATA_PREFIX
+
+        parent._auto_save = False
+        parent.stop()
+        child = coverage.Coverage(  # type: ignore[union-attr]
+            config_file=CONFIG_DATA_PREFIX + parent.config.serialize(),
+            data_file=os.path.abspath(parent.config.data_file), data_suffix=True)
+        child._warn_no_data = False
+        child.start()
+        return child
+    except Exception:  # noqa: BLE001 - an old coverage.py: the box is simply not measured
+        return None
+
+
+def _save_coverage(coverage: Any) -> None:
+    try:
+        coverage.stop()
+        coverage.save()
+    except Exception:  # noqa: BLE001
+        pass
 
 
 class Sender:

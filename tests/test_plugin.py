@@ -490,3 +490,32 @@ def test_rerunfailures_reruns_in_a_fresh_box(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("--nsbox", "-p", "no:cacheprovider", "-rA")
     assert result.parseoutcomes() == {"passed": 2, "rerun": 2}
     assert counter.read_text() == "3"
+
+
+def test_coverage_of_boxed_tests_equals_unboxed(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(mathlib="""
+        def used(x):
+            if x > 0:
+                return "positive"
+            return "other"
+
+        def unused():
+            return 1
+    """)
+    pytester.makepyfile(test_cov="""
+        import os
+        import mathlib
+
+        def test_used():
+            assert mathlib.used(1) == "positive"
+            assert mathlib.used(-1) == "other"
+    """)
+
+    def percent(*extra: str) -> str:
+        result = pytester.runpytest_subprocess("--cov=mathlib", "--cov-report=term",
+                                               "-p", "no:cacheprovider", *extra)
+        result.assert_outcomes(passed=1)
+        line = next(line for line in result.outlines if line.startswith("mathlib"))
+        return line.split()[-1]
+
+    assert percent() == percent("--nsbox") == "83%"
