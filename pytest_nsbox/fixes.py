@@ -32,6 +32,10 @@ def explain_setup_failure(step: str, err: int) -> str:
     if step.startswith(("write uid_map", "write gid_map", "write setgroups")):
         return (f"the kernel created a user namespace but refused its id map: {reason}. "
                 f"Fix: {USERNS_FIX}")
+    if step.startswith("mount tmpfs: no directory"):
+        path = step.rsplit(" ", 1)[-1]
+        return (f"the tmpfs path {path} does not exist here; create it, or leave it out of "
+                "the box's tmpfs option")
     if step.startswith("mount /proc"):
         return f"cannot mount the box's /proc: {reason}. Fix: {PROC_FIX}"
     if step.startswith(("mount", "make", "bind", "remount")):

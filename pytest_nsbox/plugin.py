@@ -25,9 +25,12 @@ class SessionState:
 
     defaults: BoxOptions
     box_all: bool
+    unavailable: str = "fail"
     keep_paths: tuple[str, ...] = ()
     writable_paths: tuple[str, ...] = ()
     prepared: bool = False
+    #: why boxing is off for this run (e.g. --pdb), or ""
+    disabled: str = ""
     #: nodeid -> the usage properties of its last box, for --nsbox-usage
     usage: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -36,11 +39,23 @@ state_key = pytest.StashKey[SessionState]()
 options_key = pytest.StashKey["BoxOptions | None"]()
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("nsbox", "isolated test boxes (pytest-nsbox)")
     group.addoption("--nsbox", action="store_true", default=None,
                     help="run every test in a box (opt out with @pytest.mark.nsbox(enabled=False))")
     parser.addini("nsbox", type="bool", default=False, help="run every test in a box")
+    parser.addini("nsbox_unavailable", default="fail",
+                  help="what a boxed test does where its box cannot be made: "
+                       "fail (default), skip, or run (unboxed, with a warning)")
+    parser.addini("nsbox_best_effort", type="bool", default=False,
+                  help="where cgroups cannot hold a limit, use rlimits and say so in the "
+                       "report, instead of failing the test")
     group.addoption("--nsbox-usage", type=int, default=0, metavar="N",
                     help="show the N boxed tests that used the most memory and CPU")
     for spec in OPTIONS:
@@ -76,7 +91,18 @@ def pytest_configure(config: pytest.Config) -> None:
     box_all = config.getoption("nsbox")
     if box_all is None:
         box_all = bool(config.getini("nsbox"))
-    config.stash[state_key] = SessionState(_defaults(config), bool(box_all))
+    unavailable = str(config.getini("nsbox_unavailable")).strip().lower()
+    if unavailable not in ("fail", "skip", "run"):
+        raise pytest.UsageError(f"ini nsbox_unavailable={unavailable!r} is not valid; "
+                                "accepted: fail, skip or run")
+    state = SessionState(_defaults(config), bool(box_all), unavailable)
+    if config.getoption("usepdb", False) or config.getoption("trace", False):
+        state.disabled = "--pdb and --trace need the terminal"
+    config.stash[state_key] = state
+    if config.getini("nsbox_best_effort"):
+        from . import cgroups
+
+        cgroups.BEST_EFFORT = True
     _box_reruns(config)
 
 
@@ -138,7 +164,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def item_options(item: pytest.Item, state: SessionState) -> BoxOptions | None:
     """The options of `item`'s box (nearest marker wins), or None when it is not boxed."""
     marks = list(item.iter_markers("nsbox"))
-    if not marks and not state.box_all:
+    if not marks and not state.box_all and not state.disabled:
         return None
     values: dict[str, object] = {}
     for mark in reversed(marks):
@@ -147,12 +173,17 @@ def item_options(item: pytest.Item, state: SessionState) -> BoxOptions | None:
                               "keyword options only, e.g. nsbox(memory='64M')")
         values.update(mark.kwargs)
     options = parse_options(values, base=state.defaults)
-    return options if options.enabled else None
+    return options if options.enabled and not state.disabled else None
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
                                   items: list[pytest.Item]) -> None:
     state = config.stash[state_key]
+    if state.disabled and (config.getoption("nsbox") or config.getini("nsbox") or any(
+            item.get_closest_marker("nsbox") for item in items)):
+        config.issue_config_time_warning(pytest.PytestWarning(
+            f"nsbox: boxing is off for this run: {state.disabled}; boxed tests run unboxed"),
+            stacklevel=2)
     bad = []
     for item in items:
         try:
@@ -189,9 +220,42 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
     ihook = item.ihook
     ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-    boxed_runtestprotocol(item, nextitem, options, _prepared(item))
+    boxed_runtestprotocol(item, nextitem, _with_plugin_timeout(item, options), _prepared(item))
     ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     return True
+
+
+timeout_key = pytest.StashKey[float]()
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
+    """pytest-timeout on a boxed test: the box's own timeout kills the whole box instead
+    of a signal in pytest (inside a box, with func_only, pytest-timeout arms its own)."""
+    from .box import current_box
+
+    if current_box() is not None or item.stash.get(options_key, None) is None:
+        return None
+    item.stash[timeout_key] = float(settings.timeout)
+    return True
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_timeout_cancel_timer(item: pytest.Item) -> bool | None:
+    from .box import current_box
+
+    if current_box() is not None or item.stash.get(options_key, None) is None:
+        return None
+    if timeout_key in item.stash:
+        del item.stash[timeout_key]
+    return True
+
+
+def _with_plugin_timeout(item: pytest.Item, options: BoxOptions) -> BoxOptions:
+    timeout = item.stash.get(timeout_key, None)
+    if timeout is None or timeout <= 0 or (options.timeout and options.timeout <= timeout):
+        return options
+    return options.replace(timeout=timeout)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import pytest
 from _pytest.runner import CallInfo, call_and_report
 
 from .box import Box, Outcome
-from .errors import BoxExited
+from .errors import BoxExited, BoxUnavailable
 from .options import BoxOptions
 
 Phase = Literal["setup", "call", "teardown"]
@@ -39,13 +39,23 @@ def boxed_runtestprotocol(item: pytest.Item, nextitem: pytest.Item | None,
     reports: dict[str, pytest.TestReport] = {}
     usage: dict[str, Any] = {}
     exit_request = None
-    if shared.excinfo is not None:
+    outcome = None
+    if shared.excinfo is None:
+        options = _adjusted(item, options)
+        box = Box(options, keep_paths=paths.keep_paths, writable_paths=paths.writable_paths)
+        try:
+            outcome = box.execute(lambda send: _in_box(item, nextitem, send))
+            if isinstance(refused := outcome.error(options), BoxUnavailable):
+                outcome = None
+                raise refused
+        except BoxUnavailable as exc:
+            if paths.unavailable == "run":
+                return _run_unboxed(item, nextitem, str(exc), log)
+            shared = _unavailable_call(str(exc), paths.unavailable)
+    if outcome is None:
         reports["setup"] = _make_report(item, shared)
     else:
-        box = Box(options, keep_paths=paths.keep_paths, writable_paths=paths.writable_paths)
-        outcome = box.execute(
-            lambda send: _in_box(item, nextitem, send)
-        )
+        item.ihook.pytest_nsbox_outcome(item=item, outcome=outcome)
         item._report_sections.clear()  # the box's reports hold them now
         reports, exit_request = _reports_from(item, options, outcome)
         usage = _usage_properties(outcome)
@@ -79,6 +89,35 @@ def boxed_runtestprotocol(item: pytest.Item, nextitem: pytest.Item | None,
     if exit_request is not None:
         pytest.exit(exit_request[0], exit_request[1])
     return ordered
+
+
+def _adjusted(item: pytest.Item, options: BoxOptions) -> BoxOptions:
+    """Options after the `pytest_nsbox_options` hooks (each may return changes)."""
+    changes: dict[str, Any] = {}
+    for result in reversed(item.ihook.pytest_nsbox_options(item=item, options=options)):
+        changes.update(result)
+    return options.replace(**changes) if changes else options
+
+
+def _unavailable_call(message: str, policy: str) -> CallInfo[None]:
+    """The setup outcome of a box this machine cannot give: a failure, or a skip."""
+
+    def refuse() -> None:
+        if policy == "skip":
+            pytest.skip(f"[nsbox] {message}")
+        pytest.fail(f"[nsbox] {message}", pytrace=False)
+
+    return CallInfo.from_call(refuse, "setup")
+
+
+def _run_unboxed(item: pytest.Item, nextitem: pytest.Item | None, message: str,
+                 log: bool) -> list[pytest.TestReport]:
+    """nsbox_unavailable = run: the test runs here, unisolated, with a warning saying so."""
+    item.warn(pytest.PytestWarning(f"nsbox: running unboxed, the box is unavailable: {message}"))
+    item.session._setupstate.stack.pop(item, None)  # set up again for real below
+    from _pytest.runner import runtestprotocol
+
+    return runtestprotocol(item, log=log, nextitem=nextitem)
 
 
 # -- parent: fixtures of class scope and wider ------------------------------------------
@@ -150,6 +189,7 @@ def _in_box(item: pytest.Item, nextitem: pytest.Item | None, send: Any) -> None:
     config = item.config
     hook = config.hook
     before = {name: id(value) for name, value in vars(item).items()}
+    hook.pytest_nsbox_setup(item=item)
     caught: list[warnings.WarningMessage] = []
     setup_passed = False
     try:

@@ -519,3 +519,115 @@ def test_coverage_of_boxed_tests_equals_unboxed(pytester: pytest.Pytester) -> No
         return line.split()[-1]
 
     assert percent() == percent("--nsbox") == "83%"
+
+
+def test_pytest_timeout_kills_the_whole_box(pytester: pytest.Pytester) -> None:
+    marker = token()
+    pytester.makepyfile(f"""
+        import subprocess, sys, time, pytest
+
+        @pytest.mark.timeout(1)
+        def test_marked():
+            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(100)", {marker!r}])
+            time.sleep(30)
+
+        def test_cli_timeout():
+            time.sleep(30)
+
+        def test_next():
+            pass
+    """)
+    for method in ("signal", "thread"):
+        result = pytester.runpytest_subprocess("--nsbox", "--timeout=2",
+                                               f"--timeout-method={method}",
+                                               "-p", "no:cacheprovider")
+        result.assert_outcomes(failed=2, passed=1)
+        result.stdout.fnmatch_lines(["*box timed out after 1 s*", "*in test_marked*"])
+        result.stdout.fnmatch_lines(["*box timed out after 2 s*", "*in test_cli_timeout*"])
+        assert processes_with(marker) == []
+
+
+def test_pytest_timeout_func_only_runs_inside_the_box(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import time
+
+        def test_slow():
+            time.sleep(30)
+    """)
+    result = pytester.runpytest_subprocess("--nsbox", "--timeout=1",
+                                           "-o", "timeout_func_only=true",
+                                           "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*Timeout*"])
+
+
+def test_xdist_outcomes_equal_serial(pytester: pytest.Pytester, run_inner) -> None:
+    pytester.makepyfile(test_suite=SUITE)
+    serial = run_inner("--nsbox", "-rA", "-p", "xdist", "-n", "0")
+    parallel = run_inner("--nsbox", "-rA", "-p", "xdist", "-n", "2")
+    assert serial.parseoutcomes() == parallel.parseoutcomes()
+    assert outcomes(serial) == outcomes(parallel)
+
+
+def test_pdb_turns_boxing_off_with_a_warning(pytester: pytest.Pytester, run_inner) -> None:
+    pytester.makepyfile("""
+        import os
+
+        def test_where():
+            assert os.getpid() != 2
+    """)
+    result = run_inner("--nsbox", "--pdb")
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(["*nsbox: boxing is off for this run: --pdb and --trace*"])
+
+
+def test_unavailable_policy(pytester: pytest.Pytester, run_inner) -> None:
+    pytester.makepyfile("""
+        import os, pytest
+
+        @pytest.mark.nsbox(tmpfs=["/nonexistent-nsbox-dir"])
+        def test_needs_a_missing_dir():
+            print("PID", os.getpid())
+    """)
+    run_inner().stdout.fnmatch_lines(["*ERROR at setup of test_needs_a_missing_dir*",
+                                      "*tmpfs path /nonexistent-nsbox-dir does not exist*"])
+    pytester.makeini("[pytest]\nnsbox_unavailable = skip\n")
+    result = run_inner("-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*tmpfs path /nonexistent-nsbox-dir does not exist*"])
+    pytester.makeini("[pytest]\nnsbox_unavailable = run\n")
+    result = run_inner("-s")
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(["*running unboxed, the box is unavailable*"])
+    pytester.makeini("[pytest]\nnsbox_unavailable = maybe\n")
+    run_inner().stderr.fnmatch_lines(["*nsbox_unavailable='maybe' is not valid*"])
+
+
+def test_hooks_adjust_setup_and_observe(pytester: pytest.Pytester, run_inner) -> None:
+    pytester.makeconftest("""
+        import os, socket
+
+        def pytest_nsbox_options(item, options):
+            if "big" in item.name:
+                return {"hostname": "adjusted"}
+
+        def pytest_nsbox_setup(item):
+            os.environ["SET_IN_BOX"] = str(os.getpid())
+
+        def pytest_nsbox_outcome(item, outcome):
+            with open("outcomes.txt", "a") as f:
+                f.write(f"{item.name} {outcome.status} {outcome.usage.wall_seconds > 0}\\n")
+    """)
+    pytester.makepyfile("""
+        import os, socket
+
+        def test_big():
+            assert socket.gethostname() == "adjusted"
+            assert os.environ["SET_IN_BOX"] == "2"
+
+        def test_small():
+            assert socket.gethostname() == "nsbox"
+    """)
+    run_inner("--nsbox").assert_outcomes(passed=2)
+    assert (pytester.path / "outcomes.txt").read_text().splitlines() == [
+        "test_big 0 True", "test_small 0 True"]
