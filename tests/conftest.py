@@ -23,6 +23,6 @@ def run_inner(pytester: pytest.Pytester):
 
     def run(*args: str) -> pytest.RunResult:
         return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:rerunfailures",
-                                             *args)
+                                             "-p", "no:randomly", *args)
 
     return run

@@ -631,3 +631,41 @@ def test_hooks_adjust_setup_and_observe(pytester: pytest.Pytester, run_inner) ->
     run_inner("--nsbox").assert_outcomes(passed=2)
     assert (pytester.path / "outcomes.txt").read_text().splitlines() == [
         "test_big 0 True", "test_small 0 True"]
+
+
+def test_randomly_seed_reaches_the_box(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import random
+
+        def test_draw():
+            print("DRAW", random.random())
+    """)
+
+    def draw(*extra: str) -> str:
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", *extra)
+        result.assert_outcomes(passed=1)
+        return result.stdout.str().split("DRAW ")[1].split()[0]
+
+    seeded = draw("-p", "randomly", "--randomly-seed=1234")
+    assert draw("--nsbox", "-p", "randomly", "--randomly-seed=1234") == seeded
+    other = draw("-p", "randomly", "--randomly-seed=99")
+    assert other != seeded
+    assert draw("--nsbox", "-p", "randomly", "--randomly-seed=99") == other
+
+
+def test_last_failed_stepwise_and_durations(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import time
+        def test_a(): pass
+        def test_b(): assert 0
+        def test_c(): time.sleep(0.2)
+    """)
+    base = ("--nsbox", "-p", "no:randomly")
+    pytester.runpytest_subprocess(*base).assert_outcomes(passed=2, failed=1)
+    result = pytester.runpytest_subprocess(*base, "--lf")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*rerun previous 1 failure*"])
+    result = pytester.runpytest_subprocess(*base, "--sw")
+    result.assert_outcomes(passed=1, failed=1)
+    result = pytester.runpytest_subprocess(*base, "--durations=1")
+    result.stdout.fnmatch_lines(["*slowest 1 duration*", "0.2*call*test_c*"])
