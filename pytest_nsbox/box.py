@@ -73,6 +73,8 @@ class Outcome:
         if self.channel_error:
             return BoxError(f"the box's result could not be read: {self.channel_error}")
         status = self.status
+        if status is not None and os.WIFSTOPPED(status):
+            return BoxKilled(os.WSTOPSIG(status), self.stack.strip(), stopped=True)
         if status is not None and not os.WIFSIGNALED(status):
             return None  # it ended by itself; an OOM kill of a child is the test's business
         if self.oom_killed and options.memory is not None:
@@ -159,14 +161,21 @@ class Box:
 def _raised(exc: BaseException) -> tuple[Any, ...]:
     import traceback
 
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:
+        text = f"{type(exc).__qualname__} (its traceback could not be formatted)"
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<exception str() failed>"
     try:
         import cloudpickle
 
         payload: bytes | None = cloudpickle.dumps(exc)
     except Exception:
         payload = None
-    return ("raise", payload, type(exc).__qualname__, str(exc), text)
+    return ("raise", payload, type(exc).__qualname__, message, text)
 
 
 class _RemoteTraceback(Exception):

@@ -459,11 +459,14 @@ def _remove_stale(parent: str) -> None:
 
 def _asked(options: BoxOptions) -> dict[str, str]:
     """{controller: what was asked} for the limits in `options`."""
+    from .options import format_size
+
     asked = {}
     for option, controller in _LIMIT_CONTROLLER.items():
         value = getattr(options, option)
         if value is not None:
-            asked[controller] = f"{option}={value!r}"
+            shown = format_size(value) if option == "memory" else repr(value)
+            asked[controller] = f"{option}={shown}"
     return asked
 
 

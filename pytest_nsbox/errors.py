@@ -77,10 +77,14 @@ class MemoryLimitExceeded(BoxError):
 class BoxKilled(BoxError):
     """The box's test process died of a signal."""
 
-    def __init__(self, signum: int, detail: str = "") -> None:
+    def __init__(self, signum: int, detail: str = "", stopped: bool = False) -> None:
         self.signal = signum
         self.detail = trim_stack(detail) if "most recent call first" in detail else detail
-        super().__init__(f"box was killed by {signal_name(signum)}")
+        self.stopped = stopped
+        super().__init__(
+            f"box's test process stopped itself with {signal_name(signum)} and nothing in the "
+            "box could continue it, so it was killed" if stopped
+            else f"box was killed by {signal_name(signum)}")
 
 
 class BoxExited(BoxError):

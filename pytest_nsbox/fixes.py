@@ -36,6 +36,8 @@ def explain_setup_failure(step: str, err: int) -> str:
         path = step.rsplit(" ", 1)[-1]
         return (f"the tmpfs path {path} does not exist here; create it, or leave it out of "
                 "the box's tmpfs option")
+    if step.startswith("open device"):
+        return f"the box asks for a device this machine lacks: {reason}"
     if step.startswith("mount /proc"):
         return f"cannot mount the box's /proc: {reason}. Fix: {PROC_FIX}"
     if step.startswith(("mount", "make", "bind", "remount")):

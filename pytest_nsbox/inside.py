@@ -20,6 +20,7 @@ from .options import BoxOptions
 #: Signal the parent sends (relayed by the init) to make the test dump its stack.
 DUMP_SIGNAL = signal.SIGRTMIN + 6
 STATUS_MARK = b"\0NSBOX-STATUS "
+CGROUP_ROOT = "/sys/fs/cgroup"
 
 
 @dataclass
@@ -76,10 +77,7 @@ def init_main(plan: Plan) -> NoReturn:
         if child == 0:
             test_main(plan, saved)
         signal.signal(DUMP_SIGNAL, lambda *_: _relay(child))
-        while True:
-            pid, status = os.waitpid(-1, 0)
-            if pid == child:
-                break
+        status = _reap_until_done(child)
         os.write(plan.diag_fd, STATUS_MARK + str(status).encode() + b"\n")
     except BaseException:
         _print_exception(plan.diag_fd)
@@ -93,6 +91,24 @@ def _apply_rlimits(rlimits: Iterable[tuple[int, int]]) -> None:
 
     for kind, value in rlimits:
         resource.setrlimit(kind, (value, value))
+
+
+def _reap_until_done(child: int) -> int:
+    """Reap orphans until the test process ends; its wait status.
+
+    A test process that stopped itself while nothing else in the box could continue it
+    would stop the box for ever: it is killed, and its stopped status reported.
+    """
+    while True:
+        pid, status = os.waitpid(-1, os.WUNTRACED)
+        if pid != child:
+            continue
+        if not os.WIFSTOPPED(status):
+            return status
+        if not any(p.isdigit() and int(p) not in (1, child) for p in os.listdir("/proc")):
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+            return status
 
 
 def _relay(pid: int) -> None:
@@ -125,6 +141,8 @@ def prepare(plan: Plan) -> None:
     kept = _open_dirs(p for p in plan.keep_paths + plan.writable_paths
                       if any(_under(p, t) for t in options.tmpfs))
     writable = _open_dirs(plan.writable_paths) if options.readonly else []
+    devices = _open_devices(options.devices) if options.devices != ("host",) else None
+    cgroup_dirs = _open_dirs(getattr(plan.cgroup, "paths", ()))
     if options.readonly:
         ns.make_readonly("/")
     ns.mount_proc()
@@ -132,8 +150,11 @@ def prepare(plan: Plan) -> None:
         if not os.path.isdir(path):
             raise ns.SetupFailed(f"mount tmpfs: no directory {path}", 2)
         ns.mount_tmpfs(path)
-    if os.path.isdir("/dev/shm"):
+    if devices is not None:
+        _minimal_dev(devices)
+    elif os.path.isdir("/dev/shm"):
         ns.mount_tmpfs("/dev/shm")  # POSIX shared memory belongs to the box's IPC
+    _hide_cgroups(cgroup_dirs)
     for fd, path in kept:
         ns.bind_back(fd, path)
     for fd, path in writable:
@@ -143,6 +164,52 @@ def prepare(plan: Plan) -> None:
     ns.set_hostname(options.hostname)
     if options.net == "isolated":
         ns.bring_loopback_up()
+
+
+_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty")
+_DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+              ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"))
+
+
+def _open_devices(extra: tuple[str, ...]) -> list[tuple[int, str]]:
+    """O_PATH handles of the host's device nodes the box gets, before /dev is covered."""
+    opened = []
+    for path in _DEVICES + extra:
+        try:
+            opened.append((os.open(path, os.O_PATH), path))
+        except OSError as exc:
+            if path in extra:
+                raise ns.SetupFailed(f"open device {path}", exc.errno or 2) from None
+    return opened
+
+
+def _minimal_dev(devices: list[tuple[int, str]]) -> None:
+    """A /dev of the box's own: the standard nodes, its own pts and shm, nothing else."""
+    ns.mount_tmpfs("/dev")
+    for fd, path in devices:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        ns.bind_file(fd, path)
+        os.close(fd)
+    for name in ("pts", "shm"):
+        os.mkdir(f"/dev/{name}", 0o1777 if name == "shm" else 0o755)
+    ns.mount_devpts("/dev/pts")
+    ns.mount_tmpfs("/dev/shm")
+    for name, target in _DEV_LINKS:
+        os.symlink(target, f"/dev/{name}")
+
+
+def _hide_cgroups(own: list[tuple[int, str]]) -> None:
+    """The box sees only its own cgroup directories, read-only.
+
+    Its uid may be the files' owner (root mapped to root), so without this it could move
+    itself out of its cgroup or raise its own limits.
+    """
+    if not os.path.isdir(CGROUP_ROOT):
+        return
+    ns.mount_tmpfs(CGROUP_ROOT, "755")
+    for fd, path in own:
+        ns.bind_readonly(fd, path)
+        os.close(fd)
 
 
 def _open_dirs(paths: Iterable[str]) -> list[tuple[int, str]]:
@@ -232,9 +299,34 @@ class Sender:
     def __init__(self, fd: int, limit: int) -> None:
         self.fd = fd
         self.limit = limit
+        self._first_fd = fd  # the init keeps this fd of the pipe open all along
+        self._pipe = _identity(fd)
 
     def __call__(self, obj: Any) -> None:
-        write_frame(self.fd, encode_frame(obj, self.limit))
+        frame = encode_frame(obj, self.limit)
+        if _identity(self.fd) != self._pipe:
+            self._reopen()
+        write_frame(self.fd, frame)
+
+    def _reopen(self) -> None:
+        """The test closed (or reused) our pipe's fd: open the init's copy of it again."""
+        try:
+            fd = os.open(f"/proc/1/fd/{self._first_fd}", os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise OSError(exc.errno, "the test closed the box's result pipe and it could not "
+                          "be opened again") from None
+        if _identity(fd) != self._pipe:
+            os.close(fd)
+            raise OSError("the box's result pipe could not be found again")
+        self.fd = fd
+
+
+def _identity(fd: int) -> tuple[int, int] | None:
+    try:
+        stat = os.fstat(fd)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def _print_exception(fd: int) -> None:

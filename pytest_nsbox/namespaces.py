@@ -25,11 +25,14 @@ __all__ = [
     "CLONE_NEWUTS",
     "SetupFailed",
     "bind_back",
+    "bind_file",
+    "bind_readonly",
     "bring_loopback_up",
     "clone_box",
     "make_mounts_private",
     "make_readonly",
     "make_writable",
+    "mount_devpts",
     "mount_proc",
     "mount_tmpfs",
     "set_parent_death_signal",
@@ -177,8 +180,20 @@ def mount_proc() -> None:
     _mount_call("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None, "mount /proc")
 
 
-def mount_tmpfs(path: str) -> None:
-    _mount_call("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777", "mount tmpfs")
+def mount_tmpfs(path: str, mode: str = "1777") -> None:
+    _mount_call("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={mode}", "mount tmpfs")
+
+
+def mount_devpts(path: str) -> None:
+    """A pts instance of the box's own: its ptys are not the host's."""
+    _mount_call("devpts", path, "devpts", MS_NOSUID | MS_NOEXEC,
+                "newinstance,ptmxmode=0666,mode=0620", "mount devpts")
+
+
+def bind_file(fd: int, path: str) -> None:
+    """Bind the file open as `fd` (a device node of the host) onto a new file at `path`."""
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    _mount_call(f"/proc/self/fd/{fd}", path, None, MS_BIND, None, f"bind device {path}")
 
 
 def bind_back(fd: int, path: str) -> None:
@@ -209,6 +224,13 @@ def _set_readonly(path: str, readonly: bool, recursive: bool, step: str) -> None
 def make_readonly(path: str = "/") -> None:
     """Every mount at and below `path` read-only, in one call (mount_setattr, Linux 5.12)."""
     _set_readonly(path, True, True, "make the file system read-only (mount_setattr)")
+
+
+def bind_readonly(fd: int, path: str) -> None:
+    """Bind the directory open as `fd` onto `path`, read-only (that one mount)."""
+    os.makedirs(path, exist_ok=True)
+    _mount_call(f"/proc/self/fd/{fd}", path, None, MS_BIND, None, "bind read-only")
+    _set_readonly(path, True, False, f"make {path} read-only (mount_setattr)")
 
 
 def make_writable(fd: int, path: str) -> None:

@@ -139,23 +139,30 @@ def _hostname(value: object) -> str:
     return value
 
 
-def _paths(value: object) -> tuple[str, ...]:
-    accepted = "an absolute path or a list of absolute paths, e.g. ('/tmp', '/var/tmp')"
-    items: Iterable[object]
-    if isinstance(value, str):
-        items = [p for p in value.replace(",", " ").split() if p]
-    elif isinstance(value, list | tuple | set | frozenset):
-        items = value
-    else:
-        raise OptionError("tmpfs", value, accepted)
-    paths = []
-    for item in items:
-        if not isinstance(item, str) or not item.startswith("/") or "\0" in item:
-            raise OptionError("tmpfs", value, accepted)
-        paths.append("/" + item.strip("/") if item != "/" else "/")
-    if "/" in paths:
-        raise OptionError("tmpfs", value, accepted + " other than '/'")
-    return tuple(dict.fromkeys(paths))
+def _path_list(name: str, accepted: str, prefix: str) -> Callable[[object], tuple[str, ...]]:
+    def parse(value: object) -> tuple[str, ...]:
+        items: Iterable[object]
+        if isinstance(value, str):
+            items = [p for p in value.replace(",", " ").split() if p]
+        elif isinstance(value, list | tuple | set | frozenset):
+            items = value
+        else:
+            raise OptionError(name, value, accepted)
+        paths = []
+        for item in items:
+            if name == "devices" and item == "host":
+                paths.append("host")
+                continue
+            if not isinstance(item, str) or not item.startswith(prefix) or "\0" in item:
+                raise OptionError(name, value, accepted)
+            paths.append("/" + item.strip("/") if item != "/" else "/")
+        if "/" in paths or "/dev" in paths:
+            raise OptionError(name, value, accepted + " other than '/' and '/dev'")
+        if "host" in paths and len(paths) > 1:
+            raise OptionError(name, value, "'host' alone")
+        return tuple(dict.fromkeys(paths))
+
+    return parse
 
 
 _NETEM_KEYS = {
@@ -228,7 +235,13 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "DICT"),
     OptionSpec("hostname", _hostname, "nsbox", "host name inside the box", "NAME",
                nullable=False),
-    OptionSpec("tmpfs", _paths, ("/tmp",), "paths that get a fresh private tmpfs", "PATHS",
+    OptionSpec("tmpfs", _path_list("tmpfs", "an absolute path or a list of absolute paths, "
+                                   "e.g. ('/tmp', '/var/tmp')", "/"),
+               ("/tmp",), "paths that get a fresh private tmpfs", "PATHS", nullable=False),
+    OptionSpec("devices", _path_list("devices", "device paths under /dev such as ['/dev/fuse'], "
+                                     "or 'host' for the host's whole /dev", "/dev/"),
+               (), "devices the box sees beyond its minimal /dev (null, zero, full, random, "
+               "urandom, tty, pts, shm); 'host' keeps the host's /dev", "PATHS",
                nullable=False),
     OptionSpec("readonly", _boolean("readonly"), False,
                "whole file system read-only, except the tmpfs paths and pytest's tmp_path base",
@@ -255,6 +268,7 @@ class BoxOptions:
     netem: Mapping[str, str] | None = None
     hostname: str = "nsbox"
     tmpfs: tuple[str, ...] = ("/tmp",)
+    devices: tuple[str, ...] = ()
     readonly: bool = False
     user: str = "self"
     enabled: bool = True

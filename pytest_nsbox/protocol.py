@@ -189,27 +189,74 @@ def _in_box(item: pytest.Item, nextitem: pytest.Item | None, send: Any) -> None:
     config = item.config
     hook = config.hook
     before = {name: id(value) for name, value in vars(item).items()}
-    hook.pytest_nsbox_setup(item=item)
     caught: list[warnings.WarningMessage] = []
-    setup_passed = False
+    reports_passed = False
     try:
         with warnings.catch_warnings(record=True) as caught:
+            prepared = CallInfo.from_call(lambda: hook.pytest_nsbox_setup(item=item), "setup",
+                                          reraise=(pytest.exit.Exception,))
             for phase in PHASES:
-                if phase == "call" and (not setup_passed or config.getoption("setuponly", False)):
+                if phase == "setup" and prepared.excinfo is not None:
+                    report = _make_report(item, prepared)
+                elif phase == "call" and (not reports_passed or config.getoption("setuponly")):
                     continue
-                if phase == "teardown":
-                    report = call_and_report(item, phase, log=False, nextitem=nextitem)
                 else:
-                    report = call_and_report(item, phase, log=False)
-                    setup_passed = setup_passed or (phase == "setup" and report.passed)
-                send(("report", hook.pytest_report_to_serializable(config=config, report=report),
-                      _changed_attributes(item, before)))
+                    report = _run_phase(item, phase, nextitem)
+                reports_passed = report.passed
+                data = hook.pytest_report_to_serializable(config=config, report=report)
+                changed = _changed_attributes(item, before)
+                try:
+                    send(("report", data, changed))
+                except Exception:
+                    send(("report", _portable(data), changed))
     except pytest.exit.Exception as exc:
         send(("exit", exc.msg, exc.returncode))
         raise
     finally:
         if caught:
             send(("warnings", [_portable_warning(w) for w in caught]))
+
+
+def _run_phase(item: pytest.Item, phase: Phase,
+               nextitem: pytest.Item | None) -> pytest.TestReport:
+    """One phase in the box. A KeyboardInterrupt the test raises fails only that test: the
+    user's Ctrl-C reaches pytest, never the box, which is its own session."""
+    try:
+        if phase == "teardown":
+            return call_and_report(item, phase, log=False, nextitem=nextitem)
+        return call_and_report(item, phase, log=False)
+    except KeyboardInterrupt as interrupt:
+        raised = interrupt
+
+        def again() -> None:
+            raise raised
+
+        return _make_report(item, CallInfo.from_call(again, phase))
+
+
+def _portable(data: dict[str, Any]) -> dict[str, Any]:
+    """A serialized report whose values that do not pickle are replaced by their repr."""
+    import cloudpickle
+
+    def portable(value: Any) -> Any:
+        try:
+            cloudpickle.dumps(value)
+        except Exception:
+            return _safe_repr(value)
+        return value
+
+    data = {key: portable(value) for key, value in data.items()}
+    if isinstance(data.get("user_properties"), list):
+        data["user_properties"] = [(name, portable(value))
+                                   for name, value in data["user_properties"]]
+    return data
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__} object (repr failed)>"
 
 
 _OWN_ATTRIBUTES = frozenset({"_request", "funcargs", "_report_sections", "stash", "_store",

@@ -13,8 +13,8 @@ from . import namespaces as ns
 from .box import Outcome, Usage
 from .channel import ChannelError, FrameDecoder
 from .errors import BoxUnavailable
-from .options import BoxOptions
 from .inside import DUMP_SIGNAL, STATUS_MARK, Plan, init_main, namespace_flags, send_unavailable
+from .options import BoxOptions
 
 if TYPE_CHECKING:
     from .box import Box

@@ -149,7 +149,7 @@ def test_more_tmpfs_paths(tmp_path) -> None:
 
 
 def test_missing_tmpfs_path_is_unavailable() -> None:
-    with pytest.raises(BoxUnavailable, match="no directory /nonexistent-nsbox"):
+    with pytest.raises(BoxUnavailable, match="tmpfs path /nonexistent-nsbox does not exist"):
         Box(tmpfs=("/nonexistent-nsbox",)).run(int)
 
 
@@ -369,3 +369,37 @@ def test_a_box_inside_a_box() -> None:
         return Box(hostname="inner").run(lambda: (os.getpid(), socket.gethostname()))
 
     assert Box().run(outer) == (2, "inner")
+
+
+def test_minimal_dev() -> None:
+    def look() -> tuple[list[str], dict[str, str], str, bytes]:
+        refused = {}
+        for path in ("/dev/mem", "/dev/kmsg", "/dev/sda", "/dev/vda", "/dev/loop0"):
+            try:
+                open(path, "rb").close()
+                refused[path] = "opened"
+            except OSError as exc:
+                refused[path] = errno.errorcode[exc.errno or 0]
+        import pty
+
+        _, follower = pty.openpty()
+        with open("/dev/null", "w") as sink:
+            sink.write("gone")
+        with open("/dev/zero", "rb") as zero:
+            zeros = zero.read(4)
+        return sorted(os.listdir("/dev")), refused, os.ttyname(follower), zeros
+
+    names, refused, tty, zeros = Box().run(look)
+    assert names == ["fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin",
+                     "stdout", "tty", "urandom", "zero"]
+    assert set(refused.values()) == {"ENOENT"}
+    assert tty.startswith("/dev/pts/")
+    assert zeros == b"\0" * 4
+
+
+def test_extra_devices_and_host_dev() -> None:
+    assert Box(devices=["/dev/kmsg"]).run(os.path.exists, "/dev/kmsg")
+    assert not Box().run(os.path.exists, "/dev/kmsg")
+    assert Box(devices="host").run(os.path.exists, "/dev/kmsg") == os.path.exists("/dev/kmsg")
+    with pytest.raises(BoxUnavailable, match="/dev/no-such-device"):
+        Box(devices=["/dev/no-such-device"]).run(int)

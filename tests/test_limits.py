@@ -10,14 +10,23 @@ from helpers import processes_with, token
 
 @pytest.fixture(autouse=True)
 def _nothing_left_in_cgroups():
+    """Session cgroups of inner pytest runs that ended must be gone (live ones may be
+    another pytest's on this machine)."""
     import glob
+    import os
+    import re
 
-    def ours() -> set[str]:
-        return {path for path in glob.glob("/sys/fs/cgroup/**/nsbox-*", recursive=True)}
+    def dead_sessions() -> set[str]:
+        found = set()
+        for path in glob.glob("/sys/fs/cgroup/**/nsbox-*", recursive=True):
+            match = re.match(r"nsbox-(\d+)-", os.path.basename(path))
+            if match and not os.path.exists(f"/proc/{match.group(1)}"):
+                found.add(path)
+        return found
 
-    before = ours()
+    before = dead_sessions()
     yield
-    assert ours() <= before
+    assert dead_sessions() <= before
 
 
 def test_memory_limit_kills_the_box_and_says_so(pytester: pytest.Pytester, run_inner) -> None:

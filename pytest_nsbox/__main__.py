@@ -1,0 +1,28 @@
+"""`python -m pytest_nsbox doctor [--json]` and the `pytest-nsbox` console script."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: pytest-nsbox doctor [--json] [-v] [--timeout S]
+
+commands:
+  doctor   what this machine gives boxes (namespaces, mounts, cgroups, netem), with fixes;
+           exit status 0 PASS, 1 DEGRADED, 2 FAIL"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if args else 2
+    if args[0] != "doctor":
+        print(f"pytest-nsbox: unknown command {args[0]!r}\n{USAGE}", file=sys.stderr)
+        return 2
+    from .doctor import main as doctor_main
+
+    return doctor_main(args[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
