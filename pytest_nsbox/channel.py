@@ -20,8 +20,26 @@ HEADER = struct.Struct(">4sI")
 DEFAULT_FRAME_LIMIT = 256 << 20
 
 
+#: The frames Box itself reads: kind -> tuple length (other kinds are the caller's own).
+FRAME_SIZES = {"return": 2, "raise": 5, "unavailable": 2}
+
+
+def check_shape(obj: object) -> None:
+    """ChannelError unless `obj` is a (kind, ...) tuple of its kind's size."""
+    if isinstance(obj, tuple) and obj and isinstance(obj[0], str):
+        if len(obj) == FRAME_SIZES.get(obj[0], len(obj)):
+            return
+        raise ChannelError(f"a frame of the wrong shape: {obj[0]!r} with {len(obj)} items")
+    raise ChannelError(f"a frame of the wrong shape: {type(obj).__name__}")
+
+
 class ChannelError(Exception):
-    """The byte stream from a box was not a sequence of valid frames."""
+    """The byte stream from a box was not a sequence of valid frames.
+
+    `frames` holds the objects decoded in the same `feed` call before the bad bytes.
+    """
+
+    frames: list[Any] = []
 
 
 def encode_frame(obj: Any, limit: int = DEFAULT_FRAME_LIMIT) -> bytes:
@@ -51,12 +69,20 @@ class FrameDecoder:
 
     def feed(self, data: bytes) -> list[Any]:
         """Add `data`; return the objects of every frame now complete."""
-        self._buffer += data
         objects: list[Any] = []
+        try:
+            self._decode(data, objects)
+        except ChannelError as exc:
+            exc.frames = objects
+            raise
+        return objects
+
+    def _decode(self, data: bytes, objects: list[Any]) -> None:
+        self._buffer += data
         while True:
             if self._need is None:
                 if len(self._buffer) < HEADER.size:
-                    return objects
+                    return
                 magic, length = HEADER.unpack_from(self._buffer)
                 if magic != MAGIC:
                     start = bytes(self._buffer[:16])
@@ -70,7 +96,7 @@ class FrameDecoder:
                 del self._buffer[: HEADER.size]
                 self._need = length
             if len(self._buffer) < self._need:
-                return objects
+                return
             payload = bytes(self._buffer[: self._need])
             del self._buffer[: self._need]
             self._need = None

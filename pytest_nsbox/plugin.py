@@ -31,8 +31,9 @@ class SessionState:
     prepared: bool = False
     #: why boxing is off for this run (e.g. --pdb), or ""
     disabled: str = ""
-    #: nodeid -> the usage properties of its last box, for --nsbox-usage
+    #: nodeid -> the usage properties of its last box, kept only for --nsbox-usage
     usage: dict[str, dict[str, Any]] = field(default_factory=dict)
+    keep_usage: bool = False
 
 
 state_key = pytest.StashKey[SessionState]()
@@ -58,6 +59,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                        "report, instead of failing the test")
     group.addoption("--nsbox-usage", type=int, default=0, metavar="N",
                     help="show the N boxed tests that used the most memory and CPU")
+    group.addoption("--nsbox-doctor", action="store_true", default=False,
+                    help="print what this machine gives boxes (namespaces, mounts, cgroups, "
+                         "netem) with a fix for each missing piece, and exit (0 PASS, "
+                         "1 DEGRADED, 2 FAIL)")
     for spec in OPTIONS:
         if spec.name == "enabled":
             continue
@@ -96,6 +101,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"ini nsbox_unavailable={unavailable!r} is not valid; "
                                 "accepted: fail, skip or run")
     state = SessionState(_defaults(config), bool(box_all), unavailable)
+    state.keep_usage = bool(config.getoption("nsbox_usage"))
     if config.getoption("usepdb", False) or config.getoption("trace", False):
         state.disabled = "--pdb and --trace need the terminal"
     config.stash[state_key] = state
@@ -131,6 +137,30 @@ def _reruns_handle(item: pytest.Item) -> bool:
     module = item.config.pluginmanager.get_plugin("rerunfailures")
     count = getattr(module, "get_reruns_count", None)
     return count is not None and count(item) is not None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    if config.getoption("nsbox_doctor"):
+        from .doctor import run_from_pytest
+
+        return run_from_pytest(config)
+    return None
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    state = config.stash[state_key]
+    if not (state.box_all or config.getoption("verbose") > 0):
+        return None  # only when boxing is on for every test, or asked with -v
+    from .doctor import boxing_available, header_line
+
+    line = header_line()
+    if state.box_all and not state.disabled:
+        available, why = boxing_available()
+        if not available:
+            line += (f"\nnsbox: boxing is unavailable here: {why}; boxed tests will "
+                     f"{state.unavailable} (ini nsbox_unavailable)")
+    return line
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

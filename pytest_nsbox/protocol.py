@@ -81,8 +81,8 @@ def boxed_runtestprotocol(item: pytest.Item, nextitem: pytest.Item | None,
         for report in ordered:
             ihook.pytest_runtest_logreport(report=report)
     item._report_sections.clear()
-    if usage:
-        paths.usage[item.nodeid] = usage
+    if usage and paths.keep_usage:
+        paths.usage[item.nodeid] = usage  # for --nsbox-usage only: 5000 tests, 5000 dicts
     if hasattr(item, "_request"):
         item._request = False
         item.funcargs = None  # type: ignore[attr-defined]
@@ -302,18 +302,26 @@ def _reports_from(item: pytest.Item, options: BoxOptions,
     reports: dict[str, pytest.TestReport] = {}
     exit_request = None
     for frame in outcome.frames:
-        kind = frame[0]
-        if kind == "report":
-            report = config.hook.pytest_report_from_serializable(config=config, data=frame[1])
-            reports[report.when] = report
-            for name, value in frame[2].items():
-                setattr(item, name, value)
-        elif kind == "warnings":
-            for message in frame[1]:
-                item.ihook.pytest_warning_recorded.call_historic(kwargs=dict(
-                    warning_message=message, nodeid=item.nodeid, when="runtest", location=None))
-        elif kind == "exit":
-            exit_request = (frame[1], frame[2])
+        try:
+            kind = frame[0]
+            if kind == "report":
+                report = config.hook.pytest_report_from_serializable(config=config,
+                                                                     data=frame[1])
+                if report.when not in PHASES:
+                    raise ValueError(f"a report of phase {report.when!r}")
+                reports[report.when] = report
+                for name, value in frame[2].items():
+                    setattr(item, name, value)
+            elif kind == "warnings":
+                for message in frame[1]:
+                    item.ihook.pytest_warning_recorded.call_historic(kwargs=dict(
+                        warning_message=message, nodeid=item.nodeid, when="runtest",
+                        location=None))
+            elif kind == "exit":
+                exit_request = (str(frame[1]), frame[2])
+        except Exception as exc:
+            outcome.channel_error = outcome.channel_error or (
+                f"a {type(frame).__name__} frame the plugin cannot read: {exc!r}")
     error = outcome.error(options)
     if error is None and exit_request is None and "teardown" not in reports:
         code = outcome.exit_code()

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import namespaces as ns
 from .box import Outcome, Usage
-from .channel import ChannelError, FrameDecoder
+from .channel import ChannelError, FrameDecoder, check_shape
 from .errors import BoxUnavailable
 from .inside import DUMP_SIGNAL, STATUS_MARK, Plan, init_main, namespace_flags, send_unavailable
 from .options import BoxOptions
@@ -172,7 +172,14 @@ def _supervise(top: int, result_r: int, diag_r: int, timeout: float | None, limi
                 elif outcome.channel_error is None:
                     try:
                         frames = decoder.feed(data)
+                        for index, frame in enumerate(frames):
+                            try:
+                                check_shape(frame)
+                            except ChannelError as exc:
+                                exc.frames = frames[:index]
+                                raise
                     except ChannelError as exc:
+                        outcome.frames += exc.frames
                         outcome.channel_error = str(exc)
                         _kill(top, cgroup)
                         continue

@@ -26,3 +26,16 @@ def run_inner(pytester: pytest.Pytester):
                                              "-p", "no:randomly", *args)
 
     return run
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """Strict mode (CI): a skip must say what this machine lacks ("lacks: ..."); any other
+    skip hides something this machine supports, and fails."""
+    report = yield
+    if STRICT and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if "lacks:" not in reason:
+            report.outcome = "failed"
+            report.longrepr = f"strict mode: skipped without naming what is lacking: {reason}"
+    return report

@@ -135,8 +135,8 @@ def test_fork_bomb_and_thread_bomb(pytester: pytest.Pytester, host: Host) -> Non
 def test_moving_itself_out_of_its_cgroup_does_not_lift_the_limit(pytester, host: Host) -> None:
     """A test that writes its pid into the root cgroup's cgroup.procs (same uid as pytest:
     the file is writable to it) must stay under its memory limit: the write is refused or
-    the limit still holds. FAILS as root today: the write succeeds and the 64 MiB test
-    holds 200 MiB (see docs/security.md)."""
+    the limit still holds (found: as root the write succeeded and a 64 MiB test held
+    200 MiB; fixed by a read-only view of the box's own cgroups)."""
     _, results = run(pytester, host, """
         import glob, os, pytest
 
@@ -229,8 +229,8 @@ def test_a_test_that_stops_itself_without_a_timeout(pytester: pytest.Pytester,
                                                     host: Host) -> None:
     """SIGSTOP to itself and no timeout: unboxed this stops pytest; boxed, the user
     expects a failure that names the stop (the test process can never go on: nothing in
-    the box is left to continue it). FAILS today: pytest waits forever (the init waits
-    without WUNTRACED, the parent has no deadline); killed here after 12 s."""
+    the box is left to continue it). Found hanging for ever (the init waited without
+    WUNTRACED); guarded here by a 12 s limit."""
     try:
         _, results = run(pytester, host, """
             import os, signal
@@ -250,7 +250,7 @@ def test_a_test_that_stops_itself_without_a_timeout(pytester: pytest.Pytester,
 
 def test_library_box_that_stops_itself_without_a_timeout(host: Host) -> None:
     """Box().run of a function that stops itself: a BoxError naming SIGSTOP, not a hang.
-    FAILS today (hangs); run in a subprocess killed after 8 s."""
+    Found hanging; run in a subprocess killed after 8 s."""
     import subprocess
 
     code = ("import os, signal\nfrom pytest_nsbox import Box\n"
@@ -426,7 +426,7 @@ def test_unpicklable_things_in_a_test(pytester: pytest.Pytester, host: Host) -> 
     """Exceptions that do not pickle, or whose str() raises, fail their test as unboxed.
     A user property that does not pickle (record_property(name, lock)) passes unboxed; boxed
     a user expects the test to pass (the value as its repr) or a failure that names the
-    property. FAILS today: "box exited with code 1 during call before it sent a report
+    property. Found as "box exited with code 1 during call before it sent a report
     (os._exit, a crash, or sys.exit outside the test)"."""
     _, results = run(pytester, host, """
         import threading
@@ -497,8 +497,8 @@ def test_library_exceptions_that_do_not_travel(host: Host) -> None:
 
 def test_library_exception_whose_str_raises(host: Host) -> None:
     """Box.run of a function raising an exception whose str() fails: the exception comes
-    back (it pickles) or a RemoteError naming BadStr. FAILS today: BoxExited "box exited
-    with code 1 before sending a result" (box._raised calls str(exc) unguarded)."""
+    back (it pickles) or a RemoteError naming BadStr. Found as BoxExited "box exited
+    with code 1 before sending a result" (box._raised called str(exc) unguarded)."""
     with pytest.raises((BadStr, RemoteError)) as info:
         Box().run(_raise, BadStr())
     assert info.type is BadStr or "BadStr" in str(info.value)
@@ -704,8 +704,8 @@ def test_keyboard_interrupt_and_system_exit_in_every_phase(pytester, host: Host)
     test (unboxed, a KeyboardInterrupt would end the whole session), with the exception in
     its report. The message must not claim the box died ("exited with code 1 ... before it
     sent a report (os._exit, a crash, ...)"): the test raised, pytest-side code caught it.
-    FAILS today for KeyboardInterrupt in every phase (call_and_report re-raises it in the
-    box, test_main turns it into exit code 1)."""
+    Found so for KeyboardInterrupt in every phase (call_and_report re-raised it in the
+    box, test_main turned it into exit code 1)."""
     _, results = run(pytester, host, """
         import sys, pytest
 

@@ -1,0 +1,334 @@
+"""The doctor's verdict on real machines: here as root, here as a user, and in the VM lane.
+
+Nothing of the kernel is mocked: each test runs the doctor's probes and compares its lines
+with facts read independently (the cgroup layout, /sys/module, the sysctls). The VM
+verdicts run through tests/vm_doctor/run.sh (NSBOX_DOCTOR_VM_MODE names the mode).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_nsbox import cgroups, doctor
+
+ROOT = Path(__file__).resolve().parent.parent
+USER = "nsbox-doctor-test"
+VM_MODE = os.environ.get("NSBOX_DOCTOR_VM_MODE", "")
+STRICT = os.environ.get("NSBOX_STRICT") == "1"
+
+
+def needs(condition: bool, reason: str) -> None:
+    """Skip naming what this machine lacks (as tests/conftest.py; strict CI fails the rest)."""
+    if not condition:
+        if STRICT and not reason.startswith("lacks:"):
+            pytest.fail(f"strict mode: {reason}")
+        pytest.skip(reason)
+
+
+def run_cli(*args: str, python: str = sys.executable, env: dict[str, str] | None = None,
+            prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*prefix, python, "-m", "pytest_nsbox", *args], capture_output=True,
+                          text=True, timeout=300, env=env, cwd="/")
+
+
+def by_name(data: dict[str, Any]) -> dict[str, dict[str, str]]:
+    return {c["name"]: c for c in data["checks"]}
+
+
+def netem_in_kernel() -> bool:
+    """Independent of the doctor: is sch_netem loaded or loadable here?"""
+    if os.path.exists("/sys/module/sch_netem"):
+        return True
+    base = Path("/lib/modules") / os.uname().release
+    return any("sch_netem" in (base / f).read_text() for f in ("modules.builtin", "modules.dep")
+               if (base / f).exists())
+
+
+def assert_consistent(data: dict[str, Any], returncode: int) -> None:
+    ranks = [doctor.RANK[c["status"]] for c in data["checks"]]
+    assert data["exit_status"] == max(ranks) == returncode
+    assert data["verdict"] == ("PASS", "DEGRADED", "FAIL")[returncode]
+    for c in data["checks"]:
+        assert c["status"] == "PASS" or c["fix"], c  # every non-PASS line says how to fix it
+
+
+@pytest.fixture(scope="module")
+def here_json() -> tuple[dict[str, Any], int]:
+    result = run_cli("doctor", "--json", env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return json.loads(result.stdout), result.returncode
+
+
+# --- this machine, as root (the native lane) --------------------------------------------
+
+def test_root_verdict_here(here_json: tuple[dict[str, Any], int]) -> None:
+    needs(os.geteuid() == 0, "lacks: root")
+    needs(cgroups.detect()["version"] in ("v1", "hybrid"), "lacks: cgroup v1 (native lane)")
+    data, code = here_json
+    checks = by_name(data)
+    assert_consistent(data, code)
+    for name in ("user namespace", "pid namespace", "net namespace", "mount namespace",
+                 "uts namespace", "ipc namespace", "/proc mount", "tmpfs mount", "loopback",
+                 "default box"):
+        assert checks[name]["status"] == "PASS", checks[name]
+    assert checks["cgroup version"]["detail"].startswith("v1")
+    assert checks["cgroup writable"]["status"] == "PASS"
+    assert checks["cgroup controllers"]["status"] == "PASS"
+    assert checks["cgroup.kill"]["status"] == "DEGRADED"  # v1 has none
+    if not netem_in_kernel():
+        assert checks["netem"]["status"] in ("FAIL", "DEGRADED")
+        assert "modprobe" in checks["netem"]["fix"]
+        assert "netem missing" in doctor.header_line()
+    assert code == 1 if not netem_in_kernel() else code in (0, 1)
+
+
+def test_text_output_and_exit_status_match_json(here_json: tuple[dict[str, Any], int]) -> None:
+    data, code = here_json
+    result = run_cli("doctor", env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == code
+    lines = [line for line in result.stdout.splitlines() if line[:4] in ("PASS", "DEGR", "FAIL")]
+    assert [line.split()[0] for line in lines] == [c["status"] for c in data["checks"]]
+    assert result.stdout.rstrip().splitlines()[-1].startswith(f"verdict: {data['verdict']}")
+
+
+def test_cli_usage() -> None:
+    assert run_cli().returncode == 2
+    bad = run_cli("bogus")
+    assert bad.returncode == 2 and "unknown command" in bad.stderr
+    assert "doctor" in run_cli("--help").stdout
+
+
+# --- this machine, as a user that is not root --------------------------------------------
+
+@pytest.fixture(scope="module")
+def user_run() -> dict[str, Any]:
+    """The doctor run by an unprivileged user with the system Python (no pyroute2, no
+    cloudpickle, no pytest), from a copy of the package that user can read."""
+    needs(os.geteuid() == 0, "lacks: root (to become another user)")
+    python = shutil.which("python3", path="/usr/bin:/usr/local/bin")
+    needs(python is not None, "lacks: a system python3")
+    try:
+        pwd.getpwnam(USER)
+    except KeyError:
+        subprocess.run(["useradd", "-m", USER], check=True)
+    tmp = tempfile.mkdtemp(prefix="nsbox-doctor-")
+    try:
+        os.chmod(tmp, 0o755)
+        shutil.copytree(ROOT / "pytest_nsbox", f"{tmp}/pytest_nsbox",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        cache = f"{tmp}/cache"
+        os.mkdir(cache)
+        shutil.chown(cache, USER)
+        env = ["env", "-i", f"PYTHONPATH={tmp}", f"XDG_CACHE_HOME={cache}",
+               "PYTHONDONTWRITEBYTECODE=1", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
+        prefix = ("runuser", "-u", USER, "--", *env)
+        assert python is not None
+        result = run_cli("doctor", "--json", python=python, prefix=prefix)
+        code = ("from pytest_nsbox import doctor; import json, sys; "
+                "print(json.dumps([doctor.header_line(), doctor.boxing_available(), "
+                "sorted(m for m in ('cloudpickle', 'pyroute2', 'pytest') if m in sys.modules)]))")
+        cheap = subprocess.run([*prefix, python, "-c", code], capture_output=True, text=True,
+                               timeout=120, cwd="/")
+        assert cheap.returncode == 0, cheap.stderr
+        assert result.stdout, result.stderr
+        return {"data": json.loads(result.stdout), "code": result.returncode,
+                "cheap": json.loads(cheap.stdout),
+                "cache": os.listdir(f"{cache}/pytest-nsbox")}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_user_verdict_here(user_run: dict[str, Any]) -> None:
+    needs(cgroups.detect()["version"] in ("v1", "hybrid"), "lacks: cgroup v1 (native lane)")
+    data, code = user_run["data"], user_run["code"]
+    checks = by_name(data)
+    assert_consistent(data, code)
+    assert data["machine"]["uid"] != 0
+    userns_on = Path("/proc/sys/user/max_user_namespaces").read_text().strip() != "0"
+    assert checks["user namespace"]["status"] == ("PASS" if userns_on else "FAIL")
+    if userns_on:
+        assert checks["default box"]["status"] == "PASS"
+        assert checks["loopback"]["status"] == "PASS"
+    # no cgroup is writable by a user here: boxes run, limits don't, and the fix says how
+    writable = checks["cgroup writable"]
+    assert writable["status"] == "DEGRADED"
+    assert "Permission denied" in writable["detail"] and "cgcreate" in writable["fix"]
+    assert code == 1
+
+
+def test_user_cheap_answers(user_run: dict[str, Any]) -> None:
+    header, (available, why), imported = user_run["cheap"]
+    assert imported == []  # the doctor needs neither cloudpickle nor pyroute2 nor pytest
+    assert available is True and why == ""
+    assert header.startswith("nsbox: user+pid+net+mount+uts+ipc namespaces; cgroup v1")
+    assert "not writable" in header
+    uid = pwd.getpwnam(USER).pw_uid
+    assert [f.startswith(f"doctor-{uid}-") for f in user_run["cache"]] == [True]
+
+
+# --- the cheap functions and the probe runner -------------------------------------------
+
+def test_header_line_is_cheap_and_agrees_with_the_doctor(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    report = doctor.run_doctor()
+    assert next((tmp_path / "pytest-nsbox").iterdir()).name.startswith(
+        f"doctor-{os.geteuid()}-")
+    header = doctor.header_line()
+    times = []
+    for _ in range(20):
+        start = time.perf_counter()
+        assert doctor.header_line() == header
+        times.append(time.perf_counter() - start)
+    assert min(times) < 0.005, times
+    statuses = {c.name: c.status for c in report.checks}
+    assert ("netem missing" in header) == (statuses["netem"] != "PASS")
+    assert ("namespaces;" in header) == (statuses["default box"] == "PASS")
+    assert doctor.boxing_available() == (statuses["default box"] == "PASS", "") or (
+        statuses["default box"] != "PASS")
+
+
+def test_cold_cache_probes_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    available, why = doctor.boxing_available()
+    files = list((tmp_path / "pytest-nsbox").iterdir())
+    assert len(files) == 1 and "box" in json.loads(files[0].read_text())
+    assert available == (why == "")
+
+
+def test_import_needs_nothing_linux_only() -> None:
+    """macOS and Windows import it: no ctypes, no namespaces module at import time."""
+    code = ("import sys; import pytest_nsbox.doctor; "
+            "bad = [m for m in ('ctypes', 'pytest_nsbox.namespaces', 'pytest_nsbox.cgroups') "
+            "if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_elsewhere_answers() -> None:
+    """On a platform without namespaces: header, availability and the report say so."""
+    code = ("import sys; sys.platform = 'darwin'; import platform; "
+            "platform.system = lambda: 'Darwin'; from pytest_nsbox import doctor; "
+            "ok, why = doctor.boxing_available(); r = doctor.run_doctor(); "
+            "print(doctor.header_line()); print(ok, why); print(r.exit_status)")
+    out = subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True,
+                         text=True).stdout.splitlines()
+    assert out[0] == "nsbox: unavailable (boxes need Linux; this is Darwin)"
+    assert out[1].startswith("False boxes need Linux namespaces")
+    assert out[2] == "2"
+
+
+def _gone(pid: int, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(") ")[1].startswith("Z"):
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_hanging_probe_is_killed_with_its_children(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+
+    def hang() -> dict[str, Any]:
+        with open(pids, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+        def inner() -> dict[str, Any]:
+            with open(pids, "a") as f:
+                f.write(f"{os.getpid()}\n")
+            time.sleep(600)
+            return {"ok": True}
+
+        return doctor.run_probe(inner, 600)
+
+    start = time.monotonic()
+    result = doctor.run_probe(hang, timeout=1.0)
+    assert time.monotonic() - start < 5
+    assert result["ok"] is False and result["timeout"] and "timed out" in result["step"]
+    written = [int(p) for p in pids.read_text().split()]
+    assert len(written) == 2
+    assert all(_gone(pid) for pid in written)
+
+
+def test_a_crashing_probe_is_a_result() -> None:
+    def boom() -> dict[str, Any]:
+        raise ValueError("boom")
+
+    assert doctor.run_probe(boom)["step"] == "ValueError('boom')"
+    died = doctor.run_probe(lambda: os._exit(3))  # type: ignore[func-returns-value]
+    assert died["ok"] is False and "died" in died["step"]
+
+
+# --- pytest --nsbox-doctor ----------------------------------------------------------------
+
+def test_run_from_pytest(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest("""
+        def pytest_cmdline_main(config):
+            from pytest_nsbox.doctor import run_from_pytest
+            return run_from_pytest(config)
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert "pytest-nsbox doctor:" in result.stdout.str()
+    verdict = next(line for line in result.outlines if line.startswith("verdict: "))
+    assert result.ret == {"PASS": 0, "DEGRADED": 1, "FAIL": 2}[verdict.split()[1]]
+
+
+def test_nsbox_doctor_option(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--nsbox-doctor")
+    if "unrecognized arguments: --nsbox-doctor" in result.stderr.str():
+        pytest.skip("lacks: plugin.py does not wire --nsbox-doctor yet")
+    assert "pytest-nsbox doctor:" in result.stdout.str()
+    assert "collected" not in result.stdout.str()  # it printed the report and exited
+    verdict = next(line for line in result.outlines if line.startswith("verdict: "))
+    assert result.ret == {"PASS": 0, "DEGRADED": 1, "FAIL": 2}[verdict.split()[1]]
+
+
+# --- the VM lane (tests/vm_doctor/run.sh) -------------------------------------------------
+
+@pytest.mark.vm
+def test_vm_verdict() -> None:
+    """The verdict for the VM mode the lane booted: root, delegated, undelegated, nouserns."""
+    needs(bool(VM_MODE), "lacks: the VM lane (tests/vm_doctor/run.sh)")
+    report = doctor.run_doctor()
+    print(f"\n--- doctor in the VM, mode {VM_MODE} ---\n{report.render()}")
+    checks = {c.name: c for c in report.checks}
+    assert cgroups.detect()["version"] == "v2"
+    if VM_MODE.startswith("nouserns"):
+        user = checks["user namespace"]
+        assert user.status == "FAIL" and "user.max_user_namespaces is 0" in user.detail
+        assert "max_user_namespaces" in user.fix
+        assert checks["default box"].status == "FAIL"
+        assert report.exit_status == 2
+        available, why = doctor.boxing_available()
+        assert not available and "ENOSPC" in why
+        assert doctor.header_line().startswith("nsbox: boxes unavailable")
+        return
+    for name in ("user namespace", "pid namespace", "/proc mount", "loopback", "default box",
+                 "netem", "tbf", "veth", "bridge", "cgroup.kill", "memory peak"):
+        assert checks[name].status == "PASS", checks[name]
+    assert doctor.boxing_available() == (True, "")
+    if VM_MODE in ("root", "delegated"):
+        assert checks["cgroup writable"].status == checks["cgroup delegation"].status == "PASS"
+        assert report.exit_status == 0
+        assert doctor.header_line().endswith("delegated; netem")
+    else:
+        assert checks["cgroup writable"].status == "DEGRADED"
+        delegation = checks["cgroup delegation"]
+        assert delegation.status == "DEGRADED"
+        assert "systemd-run --user --scope -p Delegate=yes" in delegation.fix
+        assert report.exit_status == 1
+        assert "not writable (no limits); netem" in doctor.header_line()
