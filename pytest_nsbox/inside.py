@@ -39,6 +39,7 @@ class Plan:
     gid: int
     cgroup: Any = None
     join_fds: tuple[int, ...] = ()
+    relay_fd: int | None = None  # the box's end of the forward socketpair
 
 
 def namespace_flags(options: BoxOptions) -> int:
@@ -50,10 +51,11 @@ def namespace_flags(options: BoxOptions) -> int:
     return flags
 
 
-def send_unavailable(plan: Plan, step: str, err: int) -> NoReturn:
+def send_unavailable(plan: Plan, step: str, err: int, message: str | None = None) -> NoReturn:
     from .fixes import explain_setup_failure
 
-    write_frame(plan.result_fd, encode_frame(("unavailable", explain_setup_failure(step, err))))
+    text = message or explain_setup_failure(step, err)
+    write_frame(plan.result_fd, encode_frame(("unavailable", text)))
     os._exit(0)
 
 
@@ -69,8 +71,9 @@ def init_main(plan: Plan) -> NoReturn:
             os.close(fd)
         try:
             prepare(plan)
+            prepare_net(plan)
         except ns.SetupFailed as exc:
-            send_unavailable(plan, exc.step, exc.errno or 0)
+            send_unavailable(plan, exc.step, exc.errno or 0, getattr(exc, "message", None))
         _apply_rlimits(getattr(plan.cgroup, "rlimits", ()))
         saved = _ignore_python_handlers()
         child = os.fork()
@@ -196,6 +199,18 @@ def _minimal_dev(devices: list[tuple[int, str]]) -> None:
     ns.mount_tmpfs("/dev/shm")
     for name, target in _DEV_LINKS:
         os.symlink(target, f"/dev/{name}")
+
+
+def prepare_net(plan: Plan) -> None:
+    """Link faults on the box's loopback, then the forwarded ports' listeners."""
+    if plan.options.netem:
+        from .net import apply_netem
+
+        apply_netem(plan.options)
+    if plan.relay_fd is not None:
+        from .relay import make_listeners
+
+        make_listeners(plan.options.forward or {}, plan.relay_fd)
 
 
 def _hide_cgroups(own: list[tuple[int, str]]) -> None:

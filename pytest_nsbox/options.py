@@ -204,6 +204,12 @@ def _netem(value: object) -> Mapping[str, str] | None:
     return checked
 
 
+def _forward(value: object) -> Mapping[int, tuple[str, int]] | None:
+    from .relay import parse_forward
+
+    return parse_forward(value)
+
+
 @dataclass(frozen=True)
 class OptionSpec:
     """One box option: how to parse it, its default, and the help text users read."""
@@ -233,6 +239,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("netem", _netem, None,
                "link faults on the box's interfaces, e.g. {'delay': '50ms', 'loss': '1%'}",
                "DICT"),
+    OptionSpec("forward", _forward, None,
+               "host services reachable on the box's loopback (net='isolated'): "
+               "{box_port: 'host:port'}, e.g. {5432: '127.0.0.1:5432'}", "PORTS"),
     OptionSpec("hostname", _hostname, "nsbox", "host name inside the box", "NAME",
                nullable=False),
     OptionSpec("tmpfs", _path_list("tmpfs", "an absolute path or a list of absolute paths, "
@@ -266,6 +275,7 @@ class BoxOptions:
     timeout: float | None = None
     net: str = "isolated"
     netem: Mapping[str, str] | None = None
+    forward: Mapping[int, tuple[str, int]] | None = None
     hostname: str = "nsbox"
     tmpfs: tuple[str, ...] = ("/tmp",)
     devices: tuple[str, ...] = ()
@@ -296,7 +306,12 @@ def _parse_one(name: str, value: object) -> object:
 def parse_options(values: Mapping[str, object], base: BoxOptions | None = None) -> BoxOptions:
     """Validate `values` over `base` (the defaults); raise OptionError naming the option."""
     parsed: dict[str, Any] = {name: _parse_one(name, value) for name, value in values.items()}
-    return dataclasses.replace(base or BoxOptions(), **parsed)
+    options = dataclasses.replace(base or BoxOptions(), **parsed)
+    if options.netem or options.forward:
+        from .net import check_net_options
+
+        check_net_options(options)
+    return options
 
 
 def parse_text(name: str, text: str) -> object:
@@ -304,6 +319,10 @@ def parse_text(name: str, text: str) -> object:
     spec = _SPECS[name]
     if spec.nullable and text.strip().lower() in ("", "none"):
         return None
+    if name == "forward":
+        from .relay import parse_forward_text
+
+        return parse_forward_text(text)
     if name == "netem":
         pairs = [p.split("=", 1) for p in text.replace(",", " ").split()]
         if not all(len(p) == 2 for p in pairs):

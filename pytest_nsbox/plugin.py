@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -286,6 +287,24 @@ def _with_plugin_timeout(item: pytest.Item, options: BoxOptions) -> BoxOptions:
     if timeout is None or timeout <= 0 or (options.timeout and options.timeout <= timeout):
         return options
     return options.replace(timeout=timeout)
+
+
+@pytest.fixture
+def nsbox_network() -> Iterator[Any]:
+    """Build test networks: ``net = nsbox_network("a", "b", "c")``; torn down after the test.
+
+    Each host is its own network namespace on one switch (10.77.0.0/24 by default); its
+    name resolves in every host; ``net.host("a").run(fn)`` runs a function there;
+    ``net.link("a").faults(delay="20ms")``, ``net.partition(["a"], ["b"])`` and
+    ``net.heal()`` change the network while the test runs. Works rootless.
+    """
+    from .topology import NetworkFactory
+
+    factory = NetworkFactory()
+    try:
+        yield factory
+    finally:
+        factory.close()
 
 
 @pytest.fixture

@@ -43,12 +43,24 @@ def run_box(box: Box, target: Callable[[Callable[[Any], None]], None],
         raise BoxUnavailable("user='host' (no user namespace) needs pytest to run as root; "
                              "use user='self' or user='root' instead")
     _preload()
+    if options.netem:
+        from pyroute2 import IPRoute  # noqa: F401 - once here, not in every box (~200 ms)
     cgroup = _make_cgroup(options)
     result_r, result_w = os.pipe()
     diag_r, diag_w = os.pipe()
     plan = Plan(options, target, result_w, diag_w, (result_r, diag_r), box.keep_paths,
                 box.writable_paths, box.frame_limit, os.geteuid(), os.getegid(), cgroup,
                 cgroup.join_fds if cgroup is not None else ())
+    relay = relay_end = box_end = None
+    if options.forward:
+        import socket
+
+        from .relay import Relay
+
+        relay_end, box_end = socket.socketpair()
+        plan.relay_fd = box_end.fileno()
+        plan.parent_fds += (relay_end.fileno(),)
+        relay = Relay(options.forward)
     started = time.monotonic()
     try:
         try:
@@ -64,6 +76,11 @@ def run_box(box: Box, target: Callable[[Callable[[Any], None]], None],
             os.close(diag_w)
             if cgroup is not None:
                 cgroup.close_join_fds()
+            if box_end is not None:
+                box_end.close()
+        if relay is not None and relay_end is not None:
+            relay.start(relay_end)  # after the clone: the parent was single-threaded for it
+            relay_end = None
         try:
             outcome = _supervise(top, result_r, diag_r, options.timeout, box.frame_limit,
                                  on_frame, cgroup)
@@ -74,6 +91,10 @@ def run_box(box: Box, target: Callable[[Callable[[Any], None]], None],
         if cgroup is not None:
             _account(outcome, cgroup)
     finally:
+        if relay is not None:
+            relay.stop()
+        if relay_end is not None:
+            relay_end.close()
         if cgroup is not None:
             cgroup.remove()
     return outcome

@@ -32,15 +32,13 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
-
-import pytest
 
 from . import namespaces as ns
 from .errors import BoxError, BoxUnavailable
 
-__all__ = ["Host", "HostProcess", "Link", "Network", "NetworkFactory", "nsbox_network"]
+__all__ = ["Host", "HostProcess", "Link", "Network", "NetworkFactory"]
 
 DEFAULT_SUBNET = "10.77.0.0/24"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
@@ -555,19 +553,3 @@ class NetworkFactory:
     def close(self) -> None:
         while self.networks:
             self.networks.pop().close()
-
-
-@pytest.fixture
-def nsbox_network() -> Iterator[NetworkFactory]:
-    """Build test networks: ``net = nsbox_network("a", "b", "c")``; torn down after the test.
-
-    Each host is its own network namespace on one switch (10.77.0.0/24 by default), its
-    name resolves in every host, ``net.host("a").run(fn)`` runs a function there,
-    ``net.link("a").faults(delay="20ms")``, ``net.partition(["a"], ["b"])`` and
-    ``net.heal()`` change the network while the test runs. Works rootless.
-    """
-    factory = NetworkFactory()
-    try:
-        yield factory
-    finally:
-        factory.close()
