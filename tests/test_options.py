@@ -89,7 +89,7 @@ def test_bad_values(values: dict[str, object], message: str) -> None:
 def test_good_values_are_normalised() -> None:
     options = parse_options({
         "memory": "256M", "cpu": "0.5", "cpuset": "0, 1", "pids": 64, "timeout": 10,
-        "net": "none", "netem": {"delay": "50ms", "jitter": "5ms", "loss": "1%", "rate": "1mbit"},
+        "net": "isolated", "netem": {"delay": "50ms", "jitter": "5ms", "loss": "1%", "rate": "1mbit"},
         "hostname": "box-1.test", "tmpfs": "/tmp /var/tmp/", "readonly": "yes", "user": "root",
         "enabled": False,
     })
@@ -114,3 +114,18 @@ def test_replace_validates() -> None:
     assert options.memory == 64 << 20
     with pytest.raises(OptionError):
         options.replace(net="bogus")
+
+
+def test_net_options_that_cannot_mean_anything() -> None:
+    with pytest.raises(OptionError, match="together with net='isolated'"):
+        parse_options({"net": "none", "netem": {"delay": "5ms"}})
+    with pytest.raises(OptionError, match="forwarded ports together with net='isolated'"):
+        parse_options({"net": "host", "forward": {5432: "127.0.0.1:5432"}})
+
+
+def test_devices() -> None:
+    assert parse_options({"devices": ["/dev/fuse"]}).devices == ("/dev/fuse",)
+    assert parse_options({"devices": "host"}).devices == ("host",)
+    for bad in (["/etc/passwd"], ["/dev"], ["host", "/dev/fuse"], 3):
+        with pytest.raises(OptionError, match="devices"):
+            parse_options({"devices": bad})
