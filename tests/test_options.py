@@ -89,7 +89,8 @@ def test_bad_values(values: dict[str, object], message: str) -> None:
 def test_good_values_are_normalised() -> None:
     options = parse_options({
         "memory": "256M", "cpu": "0.5", "cpuset": "0, 1", "pids": 64, "timeout": 10,
-        "net": "isolated", "netem": {"delay": "50ms", "jitter": "5ms", "loss": "1%", "rate": "1mbit"},
+        "net": "isolated",
+        "netem": {"delay": "50ms", "jitter": "5ms", "loss": "1%", "rate": "1mbit"},
         "hostname": "box-1.test", "tmpfs": "/tmp /var/tmp/", "readonly": "yes", "user": "root",
         "enabled": False,
     })
