@@ -14,9 +14,7 @@ from typing import Any
 import pytest
 from test_net import _has_netem, in_netns
 
-from pytest_nsbox import Box, net, topology
-
-nsbox_network = topology.nsbox_network
+from pytest_nsbox import Box, net
 
 pytestmark = [pytest.mark.vm]
 PACKETS = 2000
