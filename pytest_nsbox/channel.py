@@ -43,10 +43,17 @@ class ChannelError(Exception):
 
 
 def encode_frame(obj: Any, limit: int = DEFAULT_FRAME_LIMIT) -> bytes:
-    """Pickle `obj` with cloudpickle into one frame; ValueError if over `limit`."""
-    import cloudpickle
+    """Pickle `obj` into one frame; ValueError if over `limit`.
 
-    payload: bytes = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    Plain pickle first (two to three times faster, and what the parent loads by reference
+    exists there: the box is its fork); cloudpickle for lambdas, local classes and the like.
+    """
+    try:
+        payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001 - PicklingError, TypeError, AttributeError...
+        import cloudpickle
+
+        payload = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     if len(payload) > limit:
         raise ValueError(f"frame of {len(payload)} bytes exceeds the limit of {limit} bytes")
     return HEADER.pack(MAGIC, len(payload)) + payload

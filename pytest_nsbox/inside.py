@@ -69,18 +69,28 @@ def init_main(plan: Plan) -> NoReturn:
         for fd in plan.join_fds:
             os.write(fd, b"0")
             os.close(fd)
+        # The test process is forked first and waits for the word to go: its own start
+        # (page faults of a fresh fork) overlaps the namespace set-up on the other core.
+        go_read, go_write = os.pipe()
+        saved = _ignore_python_handlers()
+        child = os.fork()
+        if child == 0:
+            os.close(go_write)
+            if os.read(go_read, 1) != b"1":
+                os._exit(0)  # the set-up failed; the init reports it
+            os.close(go_read)
+            test_main(plan, saved)
+        os.close(go_read)
+        signal.signal(DUMP_SIGNAL, lambda *_: _relay(child))
         try:
             prepare(plan)
             prepare_net(plan)
         except ns.SetupFailed as exc:
             send_unavailable(plan, exc.step, exc.errno or 0, getattr(exc, "message", None))
-        _apply_rlimits(getattr(plan.cgroup, "rlimits", ()))
-        saved = _ignore_python_handlers()
-        child = os.fork()
-        if child == 0:
-            test_main(plan, saved)
-        signal.signal(DUMP_SIGNAL, lambda *_: _relay(child))
+        os.write(go_write, b"1")
+        os.close(go_write)
         status = _reap_until_done(child)
+        _end_everything()
         os.write(plan.diag_fd, STATUS_MARK + str(status).encode() + b"\n")
     except BaseException:
         _print_exception(plan.diag_fd)
@@ -94,6 +104,20 @@ def _apply_rlimits(rlimits: Iterable[tuple[int, int]]) -> None:
 
     for kind, value in rlimits:
         resource.setrlimit(kind, (value, value))
+
+
+def _end_everything() -> None:
+    """Kill and reap whatever the test left running (daemons, orphans) before reporting,
+    so that when the parent hears the status, nothing of the test runs any more."""
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except OSError:
+        return  # nothing else is left
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
 
 
 def _reap_until_done(child: int) -> int:
@@ -252,6 +276,7 @@ def test_main(plan: Plan, saved_handlers: dict[int, Any]) -> NoReturn:
     try:
         for signum, handler in saved_handlers.items():
             signal.signal(signum, handler)
+        _apply_rlimits(getattr(plan.cgroup, "rlimits", ()))
         faulthandler.enable(file=plan.diag_fd, all_threads=True)
         faulthandler.register(DUMP_SIGNAL, file=plan.diag_fd, all_threads=True)
         box._current = box.BoxContext(plan.options, plan.cgroup)
