@@ -50,7 +50,7 @@ def encode_frame(obj: Any, limit: int = DEFAULT_FRAME_LIMIT) -> bytes:
     """
     try:
         payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:  # noqa: BLE001 - PicklingError, TypeError, AttributeError...
+    except Exception:
         import cloudpickle
 
         payload = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)

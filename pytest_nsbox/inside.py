@@ -276,9 +276,11 @@ def test_main(plan: Plan, saved_handlers: dict[int, Any]) -> NoReturn:
     try:
         for signum, handler in saved_handlers.items():
             signal.signal(signum, handler)
-        _apply_rlimits(getattr(plan.cgroup, "rlimits", ()))
+        if rlimits := getattr(plan.cgroup, "rlimits", ()):
+            _apply_rlimits(rlimits)
         faulthandler.enable(file=plan.diag_fd, all_threads=True)
-        faulthandler.register(DUMP_SIGNAL, file=plan.diag_fd, all_threads=True)
+        if plan.options.timeout:  # only a timeout asks for the stack dump
+            faulthandler.register(DUMP_SIGNAL, file=plan.diag_fd, all_threads=True)
         box._current = box.BoxContext(plan.options, plan.cgroup)
         coverage = _restart_coverage()
         try:

@@ -99,12 +99,47 @@ def _check(result: int, step: str) -> int:
     return result
 
 
+# x86_64 syscalls a thread may sleep in without holding a libc lock (malloc, stdio): the
+# blocking reads, waits and polls of an idle Python thread (execnet's under xdist), and
+# futex, where a Python thread waits for the GIL that the cloning thread holds.
+_QUIET_SYSCALLS = frozenset({0, 7, 23, 35, 43, 45, 47, 61, 202, 230, 232, 270, 271, 281, 288,
+                             441})
+
+
 def single_threaded() -> bool:
-    """True when this process has one thread, so a raw clone() is safe."""
+    """True when a raw clone() is safe: one thread, or the others asleep in a quiet syscall.
+
+    A raw clone skips glibc's fork handlers, so a lock another thread holds at that moment
+    stays locked in the child; a thread that sleeps in read() or waits for the GIL (which
+    the caller holds) holds none.
+    """
     try:
-        return len(os.listdir("/proc/self/task")) == 1
+        tasks = os.listdir("/proc/self/task")
     except OSError:
         return False
+    if len(tasks) == 1:
+        return True
+    if platform.machine() != "x86_64":
+        return False
+    me = str(threading_ident())
+    for task in tasks:
+        if task == me:
+            continue
+        try:
+            with open(f"/proc/self/task/{task}/syscall", "rb") as file:
+                number = file.read().split(b" ", 1)[0]
+        except OSError:
+            return False
+        if not number.isdigit() or int(number) not in _QUIET_SYSCALLS:
+            return False
+    return True
+
+
+def threading_ident() -> int:
+    """The kernel's id of the calling thread."""
+    import threading
+
+    return threading.get_native_id()
 
 
 def clone_box(flags: int) -> int:

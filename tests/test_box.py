@@ -347,7 +347,39 @@ def test_result_over_the_frame_limit_is_a_remote_error() -> None:
         Box(frame_limit=1000).run(lambda: b"x" * 5000)
 
 
-def test_threaded_parent_falls_back_to_fork_and_still_isolates() -> None:
+def test_fork_fallback_still_isolates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When other threads may hold libc locks, a forked child makes the clone instead."""
+    from pytest_nsbox import namespaces
+
+    monkeypatch.setattr(namespaces, "single_threaded", lambda: False)
+    marker = token()
+    assert Box().run(os.getpid) == 2
+    with pytest.raises(BoxTimeout):
+        Box(timeout=0.3).run(lambda: (spawn_daemon(marker), time.sleep(30)))
+    assert wait_gone(marker, 1) == []
+    with pytest.raises(BoxKilled, match="SIGABRT"):
+        Box().run(os.abort)
+    with pytest.raises(BoxUnavailable, match="tmpfs path"):
+        Box(tmpfs=("/nonexistent-nsbox",)).run(int)
+
+
+def test_idle_threads_allow_the_raw_clone() -> None:
+    import threading
+
+    from pytest_nsbox import namespaces
+
+    busy = threading.Event()
+    worker = threading.Thread(target=busy.wait)
+    worker.start()
+    try:
+        time.sleep(0.05)
+        assert namespaces.single_threaded()
+    finally:
+        busy.set()
+        worker.join()
+
+
+def test_threaded_parent_still_isolates() -> None:
     import threading
 
     stop = threading.Event()
