@@ -38,7 +38,8 @@ def _preload() -> None:
 
 
 def run_box(box: Box, target: Callable[[Callable[[Any], None]], None],
-            on_frame: Callable[[Any], None] | None) -> Outcome:
+            on_frame: Callable[[Any], None] | None,
+            on_frozen: Callable[[list[int]], None] | None = None) -> Outcome:
     options = box.options
     if options.user == "host" and os.geteuid() != 0:
         raise BoxUnavailable("user='host' (no user namespace) needs pytest to run as root; "
@@ -84,7 +85,7 @@ def run_box(box: Box, target: Callable[[Callable[[Any], None]], None],
             relay_end = None
         try:
             outcome = _supervise(top, result_r, diag_r, options.timeout, box.frame_limit,
-                                 on_frame, cgroup)
+                                 on_frame, cgroup, on_frozen)
         finally:
             os.close(result_r)
             os.close(diag_r)
@@ -108,6 +109,14 @@ def _make_cgroup(options: BoxOptions) -> Any:
     try:
         return box_cgroup(options)
     except CgroupUnavailable as exc:
+        from .box import current_box
+
+        if current_box() is not None:
+            raise BoxUnavailable(
+                "a box inside a box cannot have memory, cpu, cpuset or pids limits here: the "
+                "outer box's cgroup is read-only inside it (not delegated, so the test "
+                "cannot lift its own limits). Fix: leave the limits off the inner box (the "
+                f"outer box's still hold), or run the outer test unboxed. ({exc})") from None
         raise BoxUnavailable(str(exc)) from None
 
 
@@ -163,7 +172,8 @@ def _relay_main(flags: int, plan: Plan) -> NoReturn:
 
 
 def _supervise(top: int, result_r: int, diag_r: int, timeout: float | None, limit: int,
-               on_frame: Callable[[Any], None] | None, cgroup: Any = None) -> Outcome:
+               on_frame: Callable[[Any], None] | None, cgroup: Any = None,
+               on_frozen: Callable[[list[int]], None] | None = None) -> Outcome:
     decoder = FrameDecoder(limit)
     outcome = Outcome(frames=[])
     diag = bytearray()
@@ -182,6 +192,8 @@ def _supervise(top: int, result_r: int, diag_r: int, timeout: float | None, limi
         while open_fds or not exited:
             now = time.monotonic()
             wake = [t for t in (deadline, drain_until, dump_until) if t is not None]
+            if dump_until is not None and diag:
+                wake.append(last_diag + _DUMP_QUIET)  # the dump is complete once quiet
             wait_ms = None if not wake else max(0, int((min(wake) - now) * 1000) + 1)
             events = poller.poll(wait_ms)
             now = time.monotonic()
@@ -227,6 +239,7 @@ def _supervise(top: int, result_r: int, diag_r: int, timeout: float | None, limi
                     len(diag) and now - last_diag >= _DUMP_QUIET)):
                 dump_until = None
                 outcome.stack = diag.decode("utf-8", "replace")
+                _freeze(outcome, cgroup, on_frozen)  # _kill kills, then thaws, a frozen box
                 _kill(top, cgroup)
             if drain_until is not None and now >= drain_until:
                 break  # the box is gone; something outside it holds a pipe open
@@ -248,6 +261,29 @@ def _supervise(top: int, result_r: int, diag_r: int, timeout: float | None, limi
     if not outcome.timed_out:
         outcome.stack = text
     return outcome
+
+
+def _freeze(outcome: Outcome, cgroup: Any,
+            on_frozen: Callable[[list[int]], None] | None) -> None:
+    """Freeze a timed-out box (after its stack dump), list what is alive in it, and let
+    `on_frozen` look at the frozen processes (host pids) before the box is killed."""
+    if cgroup is None or not hasattr(cgroup, "freeze"):
+        return
+    from .cgroups import describe
+
+    started = time.monotonic()
+    problem = cgroup.freeze()
+    if not problem:
+        outcome.freeze_seconds = time.monotonic() - started
+    outcome.freeze_note = problem
+    pids = cgroup.pids()
+    outcome.processes = sorted(d for d in map(describe, pids) if d is not None)
+    if on_frozen is not None:
+        try:
+            on_frozen(pids)
+        except Exception as exc:
+            note = f"a frozen-box hook raised {type(exc).__name__}: {exc}"
+            outcome.freeze_note = f"{outcome.freeze_note}; {note}" if problem else note
 
 
 def _signal(pid: int, signum: int) -> None:

@@ -435,3 +435,16 @@ def test_extra_devices_and_host_dev() -> None:
     assert Box(devices="host").run(os.path.exists, "/dev/kmsg") == os.path.exists("/dev/kmsg")
     with pytest.raises(BoxUnavailable, match="/dev/no-such-device"):
         Box(devices=["/dev/no-such-device"]).run(int)
+
+
+def test_limits_inside_a_box_are_a_clear_unavailable() -> None:
+    def inner() -> str:
+        try:
+            Box(memory="64M").run(int)
+        except BoxUnavailable as exc:
+            return str(exc)
+        return "ran"
+
+    message = Box().run(inner)
+    assert message.startswith("a box inside a box cannot have memory, cpu, cpuset or pids")
+    assert Box().run(lambda: Box(hostname="inner").run(socket.gethostname)) == "inner"
