@@ -156,6 +156,8 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     from .doctor import boxing_available, header_line
 
     line = header_line()
+    if config.getini("nsbox_best_effort"):
+        line += "; best-effort limits: rlimits where cgroups cannot hold a limit"
     if state.box_all and not state.disabled:
         available, why = boxing_available()
         if not available:
@@ -188,8 +190,18 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     cgroups = sys.modules.get("pytest_nsbox.cgroups")
+    if cgroups is None and _in_a_leaf():
+        from . import cgroups  # an xdist controller moved into a v2 leaf with its workers
     if cgroups is not None:
         cgroups.session_cleanup()  # this process's session cgroup, once no box is left
+
+
+def _in_a_leaf() -> bool:
+    try:
+        with open("/proc/self/cgroup") as file:
+            return "nsbox-leaf-" in file.read()
+    except OSError:
+        return False
 
 
 def item_options(item: pytest.Item, state: SessionState) -> BoxOptions | None:

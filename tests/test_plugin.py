@@ -669,3 +669,13 @@ def test_last_failed_stepwise_and_durations(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1, failed=1)
     result = pytester.runpytest_subprocess(*base, "--durations=1")
     result.stdout.fnmatch_lines(["*slowest 1 duration*", "0.2*call*test_c*"])
+
+
+def test_header_says_what_boxes_get(pytester: pytest.Pytester, run_inner) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    result = run_inner("--nsbox")
+    result.stdout.fnmatch_lines(["nsbox: *namespaces*"])
+    assert "best-effort" not in result.stdout.str()
+    result = run_inner("--nsbox", "-o", "nsbox_best_effort=true")
+    result.stdout.fnmatch_lines(["nsbox: *best-effort limits: rlimits*"])
+    assert "nsbox:" not in run_inner().stdout.str()  # quiet when nothing is boxed
