@@ -22,6 +22,9 @@ import pytest
 
 from pytest_nsbox import cgroups, doctor
 
+# These tests examine the host's own cgroups (and probes): under --nsbox they run unboxed.
+pytestmark = pytest.mark.nsbox(enabled=False)
+
 ROOT = Path(__file__).resolve().parent.parent
 USER = "nsbox-doctor-test"
 VM_MODE = os.environ.get("NSBOX_DOCTOR_VM_MODE", "")

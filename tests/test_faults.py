@@ -86,6 +86,7 @@ def test_ctrl_c_to_pytest_while_a_box_runs(pytester: pytest.Pytester, host: Host
     assert not [path for path in nsbox_cgroups() if _owner(path) == proc.pid]
 
 
+@pytest.mark.nsbox(enabled=False)  # examines the host itself: unboxed under --nsbox
 def test_sigkill_to_pytest_kills_the_box_and_the_next_run_cleans_up(pytester, host: Host) -> None:
     """SIGKILL to pytest: its box dies within a second (PR_SET_PDEATHSIG), its session
     cgroup is left (nobody could remove it), and the next session removes it."""
@@ -107,6 +108,7 @@ def test_sigkill_to_pytest_kills_the_box_and_the_next_run_cleans_up(pytester, ho
     assert [path for path in nsbox_cgroups() if _owner(path) == proc.pid] == []
 
 
+@pytest.mark.nsbox(enabled=False)  # examines the host itself: unboxed under --nsbox
 def test_full_tmpfs_and_emfile_are_clean_failures(pytester: pytest.Pytester, host: Host) -> None:
     """ENOSPC filling a small tmpfs over the box's /tmp, a /tmp filled under a memory limit
     (ENOSPC/ENOMEM or the memory limit, said so), and EMFILE under a low RLIMIT_NOFILE (the

@@ -36,6 +36,7 @@ def run(pytester: pytest.Pytester, host: Host, source: str, *args: str, timeout:
 # --- memory, tasks, time -------------------------------------------------------------------
 
 
+@pytest.mark.nsbox(enabled=False)  # examines the host itself: unboxed under --nsbox
 @needs_cgroups
 def test_memory_bombs_in_threads_and_in_a_daemon(pytester: pytest.Pytester, host: Host) -> None:
     """Threads eating memory: the box is killed, reported as over its limit. A double-forked
@@ -83,6 +84,7 @@ def test_memory_bombs_in_threads_and_in_a_daemon(pytester: pytest.Pytester, host
     assert results["test_after"].outcome == "passed"
 
 
+@pytest.mark.nsbox(enabled=False)  # examines the host itself: unboxed under --nsbox
 @needs_cgroups
 def test_fork_bomb_and_thread_bomb(pytester: pytest.Pytester, host: Host) -> None:
     """A fork bomb whose every process forks forever ends by the timeout, all of it killed;
@@ -131,6 +133,7 @@ def test_fork_bomb_and_thread_bomb(pytester: pytest.Pytester, host: Host) -> Non
         assert results[name].outcome == "passed", (name, results[name].text)
 
 
+@pytest.mark.nsbox(enabled=False)  # examines the host itself: unboxed under --nsbox
 @needs_cgroups
 def test_moving_itself_out_of_its_cgroup_does_not_lift_the_limit(pytester, host: Host) -> None:
     """A test that writes its pid into the root cgroup's cgroup.procs (same uid as pytest:

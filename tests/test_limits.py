@@ -7,6 +7,9 @@ import xml.etree.ElementTree as ET
 import pytest
 from helpers import processes_with, token
 
+# These tests examine the host's own cgroups (and probes): under --nsbox they run unboxed.
+pytestmark = pytest.mark.nsbox(enabled=False)
+
 
 @pytest.fixture(autouse=True)
 def _nothing_left_in_cgroups():

@@ -559,6 +559,7 @@ def test_nothing_left_when_the_test_fails_or_times_out(run_inner: Any,
     assert not ids & _namespaces_alive()
 
 
+@pytest.mark.nsbox(enabled=False)  # examines the host itself: unboxed under --nsbox
 def test_topology_works_rootless() -> None:
     """As an unprivileged uid (no capabilities): every namespace under the hub's user ns."""
     needs(os.geteuid() == 0, "lacks: root, to drop to an unprivileged uid (already rootless)")
