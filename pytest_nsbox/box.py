@@ -48,6 +48,8 @@ class Usage:
     tasks: int | None = None
     tasks_peak: int | None = None
     cpu_throttled_seconds: float | None = None
+    io_read_bytes: int | None = None  # bytes the box read from block devices (cgroup io)
+    io_write_bytes: int | None = None  # bytes the box wrote to block devices (cgroup io)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -62,6 +64,13 @@ class Outcome:
     stack: str = ""  # faulthandler text: a crash or the timeout dump
     channel_error: str | None = None
     usage: Usage = field(default_factory=Usage)
+    #: after a timeout: (pid inside the box, command line) of each process still alive
+    #: when the box was frozen, pid 1 (the init) first
+    processes: list[tuple[int, str]] = field(default_factory=list)
+    #: after a timeout: seconds the freeze took (None: the box was not frozen)
+    freeze_seconds: float | None = None
+    #: after a timeout: why the box could not be frozen, or what a frozen-box hook raised
+    freeze_note: str = ""
 
     def error(self, options: BoxOptions) -> BoxError | None:
         """The BoxError for a box that did not end by itself, or None."""
@@ -69,7 +78,8 @@ class Outcome:
             if frame[0] == "unavailable":
                 return BoxUnavailable(frame[1])
         if self.timed_out:
-            return BoxTimeout(options.timeout or 0.0, self.stack.strip())
+            return BoxTimeout(options.timeout or 0.0, self.stack.strip(), self.processes,
+                              self.freeze_note)
         if self.channel_error:
             return BoxError(f"the box's result could not be read: {self.channel_error}")
         status = self.status
@@ -151,11 +161,16 @@ class Box:
         raise error
 
     def execute(self, target: Callable[[Send], None],
-                on_frame: Callable[[Any], None] | None = None) -> Outcome:
-        """Run ``target(send)`` in a box; `send` ships one object to the parent as a frame."""
+                on_frame: Callable[[Any], None] | None = None,
+                on_frozen: Callable[[list[int]], None] | None = None) -> Outcome:
+        """Run ``target(send)`` in a box; `send` ships one object to the parent as a frame.
+
+        `on_frozen(pids)` is called when the box timed out, after its stack dump, while
+        every process in it is frozen (host pids); the box is killed when it returns.
+        """
         from . import supervise
 
-        return supervise.run_box(self, target, on_frame)
+        return supervise.run_box(self, target, on_frame, on_frozen)
 
 
 def _raised(exc: BaseException) -> tuple[Any, ...]:

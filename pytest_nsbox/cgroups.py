@@ -22,6 +22,7 @@ import atexit
 import contextlib
 import errno
 import os
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ _CPU_PERIOD = 100_000
 _W = os.O_WRONLY | os.O_CLOEXEC
 _R = os.O_RDONLY | os.O_CLOEXEC
 _REMOVE_PATIENCE = 2.0  # most seconds remove() waits for a cgroup to empty
+_FREEZE_PATIENCE = 1.0  # most seconds freeze() waits for every task to freeze
 
 
 class CgroupUnavailable(Exception):
@@ -140,6 +142,35 @@ def _session_pid(entry: str) -> int | None:
         return None
     pid = entry[len(SESSION_PREFIX):].split("-", 1)[0]
     return int(pid) if pid.isdigit() else None
+
+
+def describe(pid: int, width: int = 80) -> tuple[int, str] | None:
+    """(pid inside the box's pid namespace, command line) of host pid `pid`; None if gone.
+
+    The innermost NSpid is the pid the box sees; pid 1 is the box's init (a clone of
+    pytest, so its command line would say pytest) and is named "init".
+    """
+    try:
+        status = _read_all(f"/proc/{pid}/status")
+        cmdline = _read_all(f"/proc/{pid}/cmdline")
+    except OSError:
+        return None
+    inner = pid
+    for line in status.split(b"\n"):
+        if line.startswith(b"NSpid:"):
+            inner = int(line.split()[-1])
+            break
+    if inner == 1:
+        return 1, "init"
+    words = cmdline.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
+    if not words:  # a zombie or a kernel-side task: its short name
+        for line in status.split(b"\n"):
+            if line.startswith(b"Name:"):
+                words = "[" + line.split(None, 1)[-1].decode("utf-8", "replace") + "]"
+                break
+    if len(words) > width:
+        words = words[:width - 1] + "\u2026"
+    return inner, words
 
 
 # --- layout detection ------------------------------------------------------------------
@@ -323,6 +354,7 @@ class BoxCgroup:
         #: what was not enforced through cgroups, for the report (best-effort mode)
         self.best_effort = best_effort
         self._removed = False
+        self._frozen = False
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -355,6 +387,8 @@ class BoxCgroup:
                 usage.cpu_throttled_seconds = stat["throttled_usec"] / 1e6
             usage.tasks = _read_int(f"{d}/pids.current")
             usage.tasks_peak = _read_int(f"{d}/pids.peak")
+            if os.path.exists(f"{d}/io.stat"):
+                usage.io_read_bytes, usage.io_write_bytes = _io_bytes_v2(f"{d}/io.stat")
             return usage
         if (d := self.dirs.get("memory")) is not None:
             usage.memory_peak = _read_int(f"{d}/memory.max_usage_in_bytes")
@@ -367,6 +401,9 @@ class BoxCgroup:
             stat = _keyed(f"{d}/cpu.stat")
             if "throttled_time" in stat:
                 usage.cpu_throttled_seconds = stat["throttled_time"] / 1e9
+        if (d := self.dirs.get("blkio")) is not None:
+            usage.io_read_bytes, usage.io_write_bytes = _io_bytes_v1(
+                f"{d}/blkio.throttle.io_service_bytes")
         return usage
 
     def oom_killed(self) -> bool:
@@ -377,8 +414,75 @@ class BoxCgroup:
         path = f"{d}/memory.events" if self.v2 else f"{d}/memory.oom_control"
         return _keyed(path).get("oom_kill", 0) > 0
 
+    def freeze(self, patience: float = _FREEZE_PATIENCE) -> str:
+        """Freeze every process of the box; "" once frozen, else why it is not (yet).
+
+        v2 writes cgroup.freeze and waits for `frozen 1` in cgroup.events; v1 writes FROZEN
+        to freezer.state (the box has a freezer cgroup when it has a timeout) and waits
+        for the state to leave FREEZING. A task in uninterruptible sleep (a throttled
+        write, NFS) cannot freeze: after `patience` seconds the box is left half frozen.
+        """
+        if self.v2:
+            d = self.dirs.get("")
+            if d is None:
+                return "the box has no cgroup to freeze"
+            control, data, state, done = f"{d}/cgroup.freeze", b"1", f"{d}/cgroup.events", None
+        else:
+            d = self.dirs.get("freezer")
+            if d is None:
+                return "the box is not in a v1 freezer cgroup"
+            control, data, state, done = f"{d}/freezer.state", b"FROZEN", f"{d}/freezer.state", \
+                b"FROZEN"
+        try:
+            _write(control, data)
+        except OSError as exc:
+            return f"cannot freeze the box: {os.strerror(exc.errno or 0)}"
+        self._frozen = True
+        until = time.monotonic() + patience
+        delay = 0.0001
+        while True:
+            try:
+                text = _read(state)
+            except OSError as exc:
+                return f"cannot read {os.path.basename(state)}: {os.strerror(exc.errno or 0)}"
+            if (text.strip() == done) if done else (b"frozen 1" in text.split(b"\n")):
+                return ""
+            if time.monotonic() >= until:
+                return f"not every process froze within {patience:g} s (one may be in D state)"
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
+
+    def thaw(self) -> None:
+        """Undo `freeze` (a no-op for a box that is not frozen)."""
+        if not self._frozen:
+            return
+        d = self.dirs.get("" if self.v2 else "freezer")
+        if d is not None:
+            with contextlib.suppress(OSError):
+                _write(f"{d}/cgroup.freeze" if self.v2 else f"{d}/freezer.state",
+                       b"0" if self.v2 else b"THAWED")
+        self._frozen = False
+
+    def pids(self) -> list[int]:
+        """Host pids of the processes (not threads) in the box, in the order the kernel lists."""
+        d = self.dirs.get("") if self.v2 else next(
+            (self.dirs[c] for c in ("freezer", "pids", "memory") if c in self.dirs), None)
+        if d is None and self.paths:
+            d = self.paths[0]
+        return _pids(f"{d}/cgroup.procs") if d is not None else []
+
     def kill(self) -> None:
-        """SIGKILL every process of the box: cgroup.kill where present, else one by one."""
+        """SIGKILL every process of the box: cgroup.kill where present, else one by one.
+
+        A frozen box is killed, then thawed: v1 frozen tasks do not die of SIGKILL until
+        they thaw, and when they thaw with SIGKILL pending they die without running again.
+        """
+        if self._frozen:
+            for d in self.paths:
+                for pid in _pids(f"{d}/cgroup.procs"):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, 9)
+            self.thaw()
         for d in self.paths:
             _kill_all(d)
 
@@ -457,7 +561,7 @@ def _remove_stale(parent: str) -> None:
 
 # --- creating a box's cgroup -----------------------------------------------------------
 
-def _asked(options: BoxOptions) -> dict[str, str]:
+def _asked(options: BoxOptions, v2: bool) -> dict[str, str]:
     """{controller: what was asked} for the limits in `options`."""
     from .options import format_size
 
@@ -467,6 +571,9 @@ def _asked(options: BoxOptions) -> dict[str, str]:
         if value is not None:
             shown = format_size(value) if option == "memory" else repr(value)
             asked[controller] = f"{option}={shown}"
+    if options.io is not None:
+        shown = ", ".join(f"{k}={v!r}" for k, v in options.io.items() if v is not None)
+        asked["io" if v2 else "blkio"] = f"io={{{shown}}}"
     return asked
 
 
@@ -478,12 +585,15 @@ def box_cgroup(options: BoxOptions, name: str | None = None) -> BoxCgroup | None
     BEST_EFFORT is on.
     """
     session = _get_session()
-    asked = _asked(options)
     v2 = session.v2
+    asked = _asked(options, v2)
+    devices = _io_devices(options.io) if options.io is not None else ()
     if v2:
         dirs, problems = _v2_parents(session, asked)
     else:
-        dirs, problems = _v1_parents(session, asked)
+        # a box with a timeout is frozen before it is killed: it needs the v1 freezer
+        extra = ("freezer",) if options.timeout is not None else ()
+        dirs, problems = _v1_parents(session, asked, extra)
     rlimits: tuple[tuple[int, int], ...] = ()
     note = None
     if problems:
@@ -511,6 +621,8 @@ def box_cgroup(options: BoxOptions, name: str | None = None) -> BoxCgroup | None
             for c in controllers:
                 made[c] = path
             _write_limits(session, path, parent, controllers, options, asked)
+            if devices and ("io" in asked if v2 else "blkio" in controllers):
+                _write_io(path, v2, devices, options.io or {}, parent)
             fds.append(os.open(f"{path}/cgroup.procs", _W))
     except OSError as exc:
         for fd in fds:
@@ -522,12 +634,12 @@ def box_cgroup(options: BoxOptions, name: str | None = None) -> BoxCgroup | None
     return BoxCgroup(made, v2, tuple(fds), rlimits, note)
 
 
-def _v1_parents(session: _Session, asked: dict[str, str]
+def _v1_parents(session: _Session, asked: dict[str, str], extra: tuple[str, ...] = ()
                 ) -> tuple[dict[str, str], dict[str, str]]:
     """{controller: session dir} for the hierarchies a box uses, and {controller: why not}."""
     dirs: dict[str, str] = {}
     problems: dict[str, str] = {}
-    for c in dict.fromkeys((*_V1_ACCOUNTING, *asked)):
+    for c in dict.fromkeys((*_V1_ACCOUNTING, *extra, *asked)):
         own = session.layout.v1.get(c)
         if own is None:
             if c in asked:
@@ -590,6 +702,124 @@ def _write_limits(session: _Session, path: str, parent: str, controllers: list[s
         _write(f"{path}/pids.max", str(options.pids).encode())
 
 
+# --- io: the block device behind a path ------------------------------------------------
+
+_IO_V1_FILES = (("read_bps", "blkio.throttle.read_bps_device"),
+                ("write_bps", "blkio.throttle.write_bps_device"),
+                ("read_iops", "blkio.throttle.read_iops_device"),
+                ("write_iops", "blkio.throttle.write_iops_device"))
+_IO_V2_KEYS = (("read_bps", "rbps"), ("write_bps", "wbps"), ("read_iops", "riops"),
+               ("write_iops", "wiops"))
+_IO_FIX = ("give io a 'path' on a disk-backed file system (ext4, xfs, btrfs on a disk) or a "
+           "block device such as '/dev/sda'")
+
+
+def _io_devices(io: Any) -> tuple[str, ...]:
+    """The "MAJ:MIN" of the whole disk behind io['path'] (default: the working directory)."""
+    path = io.get("path") or os.getcwd()
+    return (block_device(path),)
+
+
+def block_device(path: str) -> str:
+    """"MAJ:MIN" of the disk that holds `path` (a block device node: that device).
+
+    Partitions map to their disk (the throttle works on whole disks); a file system whose
+    st_dev is not a block device (btrfs subvolumes) maps to its mount's source device.
+    CgroupUnavailable when nothing backs the path with a block device (tmpfs, overlay...).
+    """
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise CgroupUnavailable(f"io: cannot find the device behind {path}: "
+                                f"{os.strerror(exc.errno or 0)}") from None
+    dev = st.st_rdev if stat.S_ISBLK(st.st_mode) else st.st_dev
+    name = f"{os.major(dev)}:{os.minor(dev)}"
+    if not os.path.exists(f"/sys/dev/block/{name}"):
+        fstype, source = _mount_of(name)
+        try:
+            src = os.stat(source) if source.startswith("/dev/") else None
+        except OSError:
+            src = None
+        if src is None or not stat.S_ISBLK(src.st_mode):
+            raise CgroupUnavailable(
+                f"io: {path} is on a file system of type {fstype or 'unknown'} (source "
+                f"{source!r}), which has no block device to throttle; {_IO_FIX}")
+        name = f"{os.major(src.st_rdev)}:{os.minor(src.st_rdev)}"
+    sysdir = os.path.realpath(f"/sys/dev/block/{name}")
+    if os.path.exists(f"{sysdir}/partition"):
+        with contextlib.suppress(OSError):
+            name = _read(f"{os.path.dirname(sysdir)}/dev").decode().strip()
+    return name
+
+
+def _mount_of(dev: str) -> tuple[str, str]:
+    """(fstype, source) of the mount whose device number is `dev` ("", "") when none."""
+    try:
+        text = _read_all("/proc/self/mountinfo").decode("utf-8", "replace")
+    except OSError:
+        return "", ""
+    for line in text.splitlines():
+        left, _, right = line.partition(" - ")
+        fields, rfields = left.split(), right.split()
+        if len(fields) > 2 and fields[2] == dev and len(rfields) >= 2:
+            return rfields[0], rfields[1]
+    return "", ""
+
+
+def _write_io(path: str, v2: bool, devices: tuple[str, ...], io: Any, parent: str) -> None:
+    """Throttle the box on each device: v2 io.max, v1 blkio.throttle.*_device."""
+    try:
+        for dev in devices:
+            if v2:
+                limits = " ".join(f"{key}={io[name]}" for name, key in _IO_V2_KEYS
+                                  if io.get(name) is not None)
+                _write(f"{path}/io.max", f"{dev} {limits}".encode())
+                continue
+            for name, filename in _IO_V1_FILES:
+                if io.get(name) is not None:
+                    _write(f"{path}/{filename}", f"{dev} {io[name]}".encode())
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.ENODEV, errno.EOPNOTSUPP, errno.ENOENT):
+            raise CgroupUnavailable(
+                f"io: the kernel refuses to throttle device {', '.join(devices)} in {parent} "
+                f"({os.strerror(exc.errno or 0)}); {_IO_FIX}") from None
+        raise
+
+
+def _io_bytes_v1(path: str) -> tuple[int, int]:
+    """(read, write) bytes from blkio.throttle.io_service_bytes, summed over devices."""
+    read = write = 0
+    try:
+        text = _read_all(path)
+    except OSError:
+        return 0, 0
+    for line in text.split(b"\n"):
+        parts = line.split()
+        if len(parts) == 3 and parts[2].isdigit():
+            if parts[1] == b"Read":
+                read += int(parts[2])
+            elif parts[1] == b"Write":
+                write += int(parts[2])
+    return read, write
+
+
+def _io_bytes_v2(path: str) -> tuple[int, int]:
+    """(read, write) bytes from io.stat (rbytes, wbytes), summed over devices."""
+    read = write = 0
+    try:
+        text = _read_all(path)
+    except OSError:
+        return 0, 0
+    for line in text.split(b"\n"):
+        for word in line.split()[1:]:
+            key, _, value = word.partition(b"=")
+            if key == b"rbytes" and value.isdigit():
+                read += int(value)
+            elif key == b"wbytes" and value.isdigit():
+                write += int(value)
+    return read, write
+
+
 def _has(session: _Session, parent: str, name: str) -> bool:
     """Whether cgroups under `parent` have the file `name` (swap accounting), cached."""
     key = f"{parent}\0{name}"
@@ -631,6 +861,8 @@ def _best_effort(options: BoxOptions, problems: dict[str, str]
     for c in ("cpu", "cpuset"):
         if c in problems:
             notes.append(f"{c} not enforced")
+    if "io" in problems or "blkio" in problems:
+        notes.append("io not enforced")
     return tuple(rlimits), "best-effort limits: " + "; ".join(notes)
 
 

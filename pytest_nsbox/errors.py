@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Sequence
 
 __all__ = [
     "BoxError",
@@ -55,11 +56,26 @@ def trim_stack(text: str) -> str:
 class BoxTimeout(BoxError):
     """The box ran past its wall-clock timeout; every process in it was killed."""
 
-    def __init__(self, timeout: float, stack: str = "") -> None:
+    #: most processes the message lists (all of them stay in `processes`)
+    SHOWN = 25
+
+    def __init__(self, timeout: float, stack: str = "",
+                 processes: Sequence[tuple[int, str]] = (), note: str = "") -> None:
         self.timeout = timeout
         self.stack = stack
+        #: (pid inside the box, command line) of what was alive when the box was frozen
+        self.processes = list(processes)
+        self.note = note
+        alive = ""
+        if processes:
+            shown = ", ".join(f"{pid} {cmd}" for pid, cmd in self.processes[:self.SHOWN])
+            more = len(self.processes) - self.SHOWN
+            alive = f"; processes still in the box: {shown}" + (
+                f" and {more} more" if more > 0 else "")
+        if note:
+            alive += f" ({note})"
         where = f"; it was stuck at:\n{trim_stack(stack)}" if stack else ""
-        super().__init__(f"box timed out after {timeout:g} s and was killed{where}")
+        super().__init__(f"box timed out after {timeout:g} s and was killed{alive}{where}")
 
 
 class MemoryLimitExceeded(BoxError):

@@ -37,3 +37,15 @@ def pytest_nsbox_outcome(item: pytest.Item, outcome: Outcome) -> None:
     the test process's wait status; ``outcome.timed_out`` and ``outcome.oom_killed``
     say whether the box was stopped.
     """
+
+
+@pytest.hookspec
+def pytest_nsbox_frozen(item: pytest.Item, pids: list[int]) -> None:
+    """Look at a timed-out box while it is frozen, just before it is killed.
+
+    Called in the pytest process after the box's stack dump, with every process of the
+    box frozen (cgroup v2 ``cgroup.freeze``, v1 freezer): ``pids`` are their host pids,
+    so ``/proc/<pid>/stack``, ``/proc/<pid>/status`` or a py-spy dump read them as they
+    were. Do not resume them; the box is killed when every implementation returns. An
+    exception here is noted in the timeout message, and the box is killed all the same.
+    """

@@ -204,6 +204,40 @@ def _netem(value: object) -> Mapping[str, str] | None:
     return checked
 
 
+_IO_LIMITS = {
+    "read_bps": "bytes per second such as 10485760 or '10M' (binary units)",
+    "write_bps": "bytes per second such as '10M'",
+    "read_iops": "whole operations per second, 1 or more",
+    "write_iops": "whole operations per second, 1 or more",
+}
+
+
+def _io(value: object) -> Mapping[str, Any] | None:
+    """{'path': str | None, 'read_bps': int | None, ...}: limits on the device behind a path."""
+    accepted = ("a dict with at least one of " + ", ".join(f"{k} ({v})" for k, v in
+                                                           _IO_LIMITS.items())
+                + ", and optionally path (an absolute path on the file system or the block "
+                "device to throttle; default: the box's working directory)")
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not set(value) & set(_IO_LIMITS):
+        raise OptionError("io", value, accepted)
+    checked: dict[str, Any] = {"path": None, **dict.fromkeys(_IO_LIMITS)}
+    for key, raw in value.items():
+        if key == "path":
+            if raw is not None and (not isinstance(raw, str) or not raw.startswith("/")
+                                    or "\0" in raw):
+                raise OptionError("io['path']", raw, "an absolute path such as '/work'")
+            checked["path"] = raw
+        elif key in ("read_bps", "write_bps"):
+            checked[key] = parse_size(raw, f"io[{key!r}]")
+        elif key in _IO_LIMITS:
+            checked[key] = _number(f"io[{key!r}]", _IO_LIMITS[key], 1, True)(raw)
+        else:
+            raise OptionError("io", value, accepted)
+    return checked
+
+
 def _forward(value: object) -> Mapping[int, tuple[str, int]] | None:
     from .relay import parse_forward
 
@@ -242,6 +276,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("forward", _forward, None,
                "host services reachable on the box's loopback (net='isolated'): "
                "{box_port: 'host:port'}, e.g. {5432: '127.0.0.1:5432'}", "PORTS"),
+    OptionSpec("io", _io, None,
+               "disk bandwidth and IOPS limits on the device behind a path, e.g. "
+               "{'path': '/work', 'write_bps': '10M', 'read_iops': 100}", "DICT"),
     OptionSpec("hostname", _hostname, "nsbox", "host name inside the box", "NAME",
                nullable=False),
     OptionSpec("tmpfs", _path_list("tmpfs", "an absolute path or a list of absolute paths, "
@@ -276,6 +313,7 @@ class BoxOptions:
     net: str = "isolated"
     netem: Mapping[str, str] | None = None
     forward: Mapping[int, tuple[str, int]] | None = None
+    io: Mapping[str, Any] | None = None
     hostname: str = "nsbox"
     tmpfs: tuple[str, ...] = ("/tmp",)
     devices: tuple[str, ...] = ()
@@ -323,9 +361,10 @@ def parse_text(name: str, text: str) -> object:
         from .relay import parse_forward_text
 
         return parse_forward_text(text)
-    if name == "netem":
+    if name in ("netem", "io"):
         pairs = [p.split("=", 1) for p in text.replace(",", " ").split()]
         if not all(len(p) == 2 for p in pairs):
-            raise OptionError(name, text, "key=value pairs such as 'delay=50ms loss=1%'")
+            example = "'delay=50ms loss=1%'" if name == "netem" else "'path=/work write_bps=10M'"
+            raise OptionError(name, text, f"key=value pairs such as {example}")
         return {k: v for k, v in pairs}
     return text

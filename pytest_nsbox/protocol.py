@@ -44,7 +44,9 @@ def boxed_runtestprotocol(item: pytest.Item, nextitem: pytest.Item | None,
         options = _adjusted(item, options)
         box = Box(options, keep_paths=paths.keep_paths, writable_paths=paths.writable_paths)
         try:
-            outcome = box.execute(lambda send: _in_box(item, nextitem, send))
+            outcome = box.execute(
+                lambda send: _in_box(item, nextitem, send),
+                on_frozen=lambda pids: item.ihook.pytest_nsbox_frozen(item=item, pids=pids))
             if isinstance(refused := outcome.error(options), BoxUnavailable):
                 outcome = None
                 raise refused
@@ -411,6 +413,8 @@ def _usage_properties(outcome: Outcome) -> dict[str, Any]:
         "nsbox_tasks_peak": usage.tasks_peak,
         "nsbox_cpu_throttled_seconds": usage.cpu_throttled_seconds,
         "nsbox_best_effort": usage.extra.get("best_effort"),
+        "nsbox_io_read_bytes": usage.io_read_bytes,
+        "nsbox_io_write_bytes": usage.io_write_bytes,
     }
     properties.update((name, value) for name, value in optional.items() if value is not None)
     return properties
