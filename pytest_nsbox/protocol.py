@@ -38,6 +38,7 @@ def boxed_runtestprotocol(item: pytest.Item, nextitem: pytest.Item | None,
             item.add_report_section("setup", name, text)  # the box's reports carry it
     reports: dict[str, pytest.TestReport] = {}
     usage: dict[str, Any] = {}
+    pairs: list[tuple[str, Any]] = []  # one set of (name, value) tuples for both reports
     exit_request = None
     outcome = None
     if shared.excinfo is None:
@@ -61,9 +62,10 @@ def boxed_runtestprotocol(item: pytest.Item, nextitem: pytest.Item | None,
         item._report_sections.clear()  # the box's reports hold them now
         reports, exit_request = _reports_from(item, options, outcome)
         usage = _usage_properties(outcome)
+        pairs = list(usage.items())
         last = reports.get("call") or reports.get("setup")
         if last is not None:
-            last.user_properties.extend(usage.items())
+            last.user_properties.extend(pairs)
     session = item.session
     if session.shouldfail or session.shouldstop:
         nextitem = None
@@ -76,8 +78,7 @@ def boxed_runtestprotocol(item: pytest.Item, nextitem: pytest.Item | None,
             item.add_report_section("teardown", name, text)
     parent_teardown = _make_report(item, teardown)
     reports["teardown"] = _merge_teardown(reports.get("teardown"), parent_teardown)
-    if usage:
-        reports["teardown"].user_properties.extend(usage.items())  # junitxml reads these
+    reports["teardown"].user_properties.extend(pairs)  # junitxml reads the teardown's
     ordered = [reports[phase] for phase in PHASES if phase in reports]
     if log:
         for report in ordered:
@@ -129,11 +130,12 @@ def _setup_shared(item: pytest.Item) -> tuple[CallInfo[None], tuple[str, str]]:
     """Set up the collectors and the wider-scoped fixtures of `item` in this process."""
 
     def setup() -> None:
-        item.setup = lambda: _request_shared_fixtures(item)  # type: ignore[method-assign]
-        try:
-            item.session._setupstate.setup(item)
-        finally:
-            del item.setup
+        # the collectors (SetupState takes any node), then the item pushed as set up, so
+        # its wider fixtures are requested as pytest expects; its own setup is the box's
+        state = item.session._setupstate
+        state.setup(item.parent)  # type: ignore[arg-type]
+        state.stack[item] = ([item.teardown], None)
+        _request_shared_fixtures(item)
 
     with _captured(item) as out:
         call = CallInfo.from_call(setup, "setup",
@@ -311,6 +313,9 @@ def _reports_from(item: pytest.Item, options: BoxOptions,
                                                                      data=frame[1])
                 if report.when not in PHASES:
                     raise ValueError(f"a report of phase {report.when!r}")
+                # share the item's strings, as unboxed reports do (5000 tests, 5000 copies)
+                report.nodeid, report.location = item.nodeid, item.location
+                report.keywords = dict.fromkeys(item.keywords, 1)
                 reports[report.when] = report
                 for name, value in frame[2].items():
                     setattr(item, name, value)
