@@ -679,3 +679,19 @@ def test_header_says_what_boxes_get(pytester: pytest.Pytester, run_inner) -> Non
     result = run_inner("--nsbox", "-o", "nsbox_best_effort=true")
     result.stdout.fnmatch_lines(["nsbox: *best-effort limits: rlimits*"])
     assert "nsbox:" not in run_inner().stdout.str()  # quiet when nothing is boxed
+
+
+def test_header_says_when_boxing_is_unavailable(pytester: pytest.Pytester,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a machine without namespaces (macOS, a locked-down Linux) --nsbox says so at
+    the start, and which of fail/skip/run boxed tests will do."""
+    from pytest_nsbox import doctor
+
+    monkeypatch.setattr(doctor, "boxing_available",
+                        lambda: (False, "user namespaces are off (test)"))
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_inprocess("--nsbox", "-p", "no:randomly",
+                                          "-o", "nsbox_unavailable=skip")
+    result.stdout.fnmatch_lines([
+        "nsbox: boxing is unavailable here: user namespaces are off (test); boxed tests "
+        "will skip (ini nsbox_unavailable)"])
