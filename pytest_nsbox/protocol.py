@@ -211,8 +211,8 @@ def _in_box(item: pytest.Item, nextitem: pytest.Item | None, send: Any) -> None:
                 changed = _changed_attributes(item, before)
                 try:
                     send(("report", data, changed))
-                except Exception:
-                    send(("report", _portable(data), changed))
+                except Exception:  # an odd user property or attribute: send what pickles
+                    send(("report", _portable(data), _picklable(changed)))
     except pytest.exit.Exception as exc:
         send(("exit", exc.msg, exc.returncode))
         raise
@@ -269,19 +269,23 @@ _OWN_ATTRIBUTES = frozenset({"_request", "funcargs", "_report_sections", "stash"
 
 def _changed_attributes(item: pytest.Item, before: dict[str, int]) -> dict[str, Any]:
     """Attributes plugins set on the item in the box (rerunfailures keeps its state there),
-    so the parent's item looks as it would unboxed; those that do not pickle stay behind."""
+    so the parent's item looks as it would unboxed."""
+    return {name: value for name, value in vars(item).items()
+            if name not in _OWN_ATTRIBUTES and before.get(name) != id(value)}
+
+
+def _picklable(values: dict[str, Any]) -> dict[str, Any]:
+    """Only the values that pickle: the others stay behind in the box."""
     import cloudpickle
 
-    changed = {}
-    for name, value in vars(item).items():
-        if name in _OWN_ATTRIBUTES or before.get(name) == id(value):
-            continue
+    kept = {}
+    for name, value in values.items():
         try:
             cloudpickle.dumps(value)
         except Exception:
             continue
-        changed[name] = value
-    return changed
+        kept[name] = value
+    return kept
 
 
 def _portable_warning(message: warnings.WarningMessage) -> warnings.WarningMessage:
