@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from conftest import needs
 from pytest_nsbox import cgroups, doctor
 
 # These tests examine the host's own cgroups (and probes): under --nsbox they run unboxed.
@@ -28,15 +29,6 @@ pytestmark = pytest.mark.nsbox(enabled=False)
 ROOT = Path(__file__).resolve().parent.parent
 USER = "nsbox-doctor-test"
 VM_MODE = os.environ.get("NSBOX_DOCTOR_VM_MODE", "")
-STRICT = os.environ.get("NSBOX_STRICT") == "1"
-
-
-def needs(condition: bool, reason: str) -> None:
-    """Skip naming what this machine lacks (as tests/conftest.py; strict CI fails the rest)."""
-    if not condition:
-        if STRICT and not reason.startswith("lacks:"):
-            pytest.fail(f"strict mode: {reason}")
-        pytest.skip(reason)
 
 
 def run_cli(*args: str, python: str = sys.executable, env: dict[str, str] | None = None,
