@@ -165,8 +165,8 @@ def prepare(plan: Plan) -> None:
         inside_gid = 0 if options.user == "root" else plan.gid
         ns.write_id_maps(inside, plan.uid, inside_gid, plan.gid)
     ns.make_mounts_private()
-    kept = _open_dirs(p for p in plan.keep_paths + plan.writable_paths
-                      if any(_under(p, t) for t in options.tmpfs))
+    kept = _open_dirs(_outermost(p for p in plan.keep_paths + plan.writable_paths
+                                 if any(_under(p, t) for t in options.tmpfs)))
     writable = _open_dirs(plan.writable_paths) if options.readonly else []
     devices = _open_devices(options.devices) if options.devices != ("host",) else None
     cgroup_dirs = _open_dirs(getattr(plan.cgroup, "paths", ()))
@@ -260,6 +260,12 @@ def _open_dirs(paths: Iterable[str]) -> list[tuple[int, str]]:
         except OSError:
             continue
     return opened
+
+
+def _outermost(paths: Iterable[str]) -> list[str]:
+    """The paths not inside another of them: binding those brings the rest along."""
+    unique = sorted(set(paths))
+    return [p for p in unique if not any(q != p and _under(p, q) for q in unique)]
 
 
 def _under(path: str, top: str) -> bool:

@@ -6,6 +6,7 @@ import gc
 import os
 import select
 import signal
+import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -50,9 +51,9 @@ def run_box(box: Box, target: Callable[[Callable[[Any], None]], None],
     cgroup = _make_cgroup(options)
     result_r, result_w = os.pipe()
     diag_r, diag_w = os.pipe()
-    plan = Plan(options, target, result_w, diag_w, (result_r, diag_r), box.keep_paths,
-                box.writable_paths, box.frame_limit, os.geteuid(), os.getegid(), cgroup,
-                cgroup.join_fds if cgroup is not None else ())
+    plan = Plan(options, target, result_w, diag_w, (result_r, diag_r),
+                box.keep_paths + process_paths(), box.writable_paths, box.frame_limit,
+                os.geteuid(), os.getegid(), cgroup, cgroup.join_fds if cgroup is not None else ())
     relay = relay_end = box_end = None
     if options.forward:
         import socket
@@ -100,6 +101,22 @@ def run_box(box: Box, target: Callable[[Callable[[Any], None]], None],
         if cgroup is not None:
             cgroup.remove()
     return outcome
+
+
+_process_paths: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+
+
+def process_paths() -> tuple[str, ...]:
+    """Where this Python, its imports and its working directory live, so that a box whose
+    tmpfs covers them (a checkout or a venv under /tmp) can still run and import."""
+    global _process_paths
+    key = (os.getcwd(), *sys.path)
+    if _process_paths[0] != key:
+        found = {os.getcwd(), sys.prefix, sys.exec_prefix, sys.base_prefix,
+                 os.path.dirname(os.path.abspath(sys.executable))}
+        found.update(os.path.abspath(p) for p in sys.path if p and os.path.isdir(p))
+        _process_paths = (key, tuple(sorted(found)))
+    return _process_paths[1]
 
 
 def _make_cgroup(options: BoxOptions) -> Any:

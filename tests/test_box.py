@@ -449,3 +449,21 @@ def test_limits_inside_a_box_are_a_clear_unavailable() -> None:
     message = Box().run(inner)
     assert message.startswith("a box inside a box cannot have memory, cpu, cpuset or pids")
     assert Box().run(lambda: Box(hostname="inner").run(socket.gethostname)) == "inner"
+
+
+def test_the_interpreter_and_imports_stay_reachable_under_a_tmpfs(tmp_path) -> None:
+    """A checkout or venv under a tmpfs path (CI often clones under /tmp): the box can still
+    start subprocesses of this Python and import from sys.path."""
+    import subprocess
+
+    from pytest_nsbox.supervise import process_paths
+
+    assert os.path.dirname(os.path.abspath(sys.executable)) in process_paths()
+    here = os.path.dirname(os.path.abspath(__file__))
+
+    def probe() -> tuple[int, bool]:
+        done = subprocess.run([sys.executable, "-c", "pass"], check=False)
+        return done.returncode, os.path.isdir(here)
+
+    top = os.path.dirname(here)
+    assert Box(tmpfs=("/tmp", top)).run(probe) == (0, True)
