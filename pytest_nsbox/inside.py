@@ -173,10 +173,14 @@ def prepare(plan: Plan) -> None:
     if options.readonly:
         ns.make_readonly("/")
     ns.mount_proc()
-    for path in options.tmpfs:
-        if not os.path.isdir(path):
+    mounted: list[str] = []
+    for path in sorted(options.tmpfs):  # outer first: an inner path is made in its tmpfs
+        if any(_under(path, top) for top in mounted):
+            os.makedirs(path, exist_ok=True)
+        elif not os.path.isdir(path):
             raise ns.SetupFailed(f"mount tmpfs: no directory {path}", 2)
         ns.mount_tmpfs(path)
+        mounted.append(path)
     if devices is not None:
         _minimal_dev(devices)
     elif os.path.isdir("/dev/shm"):

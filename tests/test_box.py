@@ -466,4 +466,10 @@ def test_the_interpreter_and_imports_stay_reachable_under_a_tmpfs(tmp_path) -> N
         return done.returncode, os.path.isdir(here)
 
     top = os.path.dirname(here)
-    assert Box(tmpfs=("/tmp", top)).run(probe) == (0, True)
+    assert Box(tmpfs=("/tmp", top)).run(probe) == (0, True)  # top may be under /tmp too
+
+
+def test_nested_tmpfs_paths() -> None:
+    inner = f"/tmp/{token()}"
+    assert Box(tmpfs=("/tmp", inner)).run(lambda: os.path.ismount(inner))
+    assert not os.path.exists(inner)

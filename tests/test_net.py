@@ -462,7 +462,16 @@ def test_link_rate_is_measured_between_hosts(nsbox_network: Any) -> None:
 
 def _rate_to(name: str, nbytes: int = 1 << 20) -> float:
     """Bits per second from here to the sink on `name`:9000, until the sink has it all."""
-    with socket.create_connection((name, 9000), timeout=10) as conn:
+    deadline = time.monotonic() + 10
+    while True:  # the sink was just spawned: it may not listen yet
+        try:
+            conn = socket.create_connection((name, 9000), timeout=10)
+            break
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+    with conn:
         started = time.perf_counter()
         conn.sendall(b"\0" * nbytes)
         conn.shutdown(socket.SHUT_WR)
