@@ -27,6 +27,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
+from helpers import processes_with
+
+from pytest_nsbox.cgroups import _alive
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 #: Mount points a box may mount over in its own namespace, never on the host.
@@ -47,21 +50,6 @@ def sysv_key(marker: str) -> int:
 
 
 # --- readers -----------------------------------------------------------------------------
-
-
-def processes_with(marker: str) -> list[int]:
-    needle = marker.encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as file:
-                if needle in file.read():
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return found
 
 
 def children_of(pid: int) -> set[int]:
@@ -98,16 +86,6 @@ def _owner(path: str) -> int | None:
             if pid.isdigit():
                 return int(pid)
     return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def mounts() -> set[tuple[str, str]]:
