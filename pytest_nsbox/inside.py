@@ -216,7 +216,7 @@ def _open_devices(extra: tuple[str, ...]) -> list[tuple[int, str]]:
 
 def _minimal_dev(devices: list[tuple[int, str]]) -> None:
     """A /dev of the box's own: the standard nodes, its own pts and shm, nothing else."""
-    ns.mount_tmpfs("/dev")
+    ns.mount_tmpfs("/dev", "755")  # not sticky: O_CREAT on its nodes must work
     for fd, path in devices:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         ns.bind_file(fd, path)
