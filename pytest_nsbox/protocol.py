@@ -19,7 +19,7 @@ from _pytest.runner import CallInfo, call_and_report
 
 from .box import Box, Outcome
 from .errors import BoxExited, BoxUnavailable
-from .options import BoxOptions
+from .options import BoxOptions, OptionError
 
 Phase = Literal["setup", "call", "teardown"]
 PHASES: tuple[Phase, ...] = ("setup", "call", "teardown")
@@ -42,7 +42,11 @@ def boxed_runtestprotocol(item: pytest.Item, nextitem: pytest.Item | None,
     exit_request = None
     outcome = None
     if shared.excinfo is None:
-        options = _adjusted(item, options)
+        try:
+            options = _adjusted(item, options)
+        except OptionError as exc:
+            shared = _refused_call(f"a pytest_nsbox_options hook: {exc}", "fail")
+    if shared.excinfo is None:
         box = Box(options, keep_paths=paths.keep_paths, writable_paths=paths.writable_paths)
         try:
             outcome = box.execute(
@@ -54,7 +58,7 @@ def boxed_runtestprotocol(item: pytest.Item, nextitem: pytest.Item | None,
         except BoxUnavailable as exc:
             if paths.unavailable == "run":
                 return _run_unboxed(item, nextitem, str(exc), log)
-            shared = _unavailable_call(str(exc), paths.unavailable)
+            shared = _refused_call(str(exc), paths.unavailable)
     if outcome is None:
         reports["setup"] = _make_report(item, shared)
     else:
@@ -102,8 +106,8 @@ def _adjusted(item: pytest.Item, options: BoxOptions) -> BoxOptions:
     return options.replace(**changes) if changes else options
 
 
-def _unavailable_call(message: str, policy: str) -> CallInfo[None]:
-    """The setup outcome of a box this machine cannot give: a failure, or a skip."""
+def _refused_call(message: str, policy: str) -> CallInfo[None]:
+    """The setup outcome of a box that cannot be made: a failure, or a skip."""
 
     def refuse() -> None:
         if policy == "skip":

@@ -603,6 +603,17 @@ def test_unavailable_policy(pytester: pytest.Pytester, run_inner) -> None:
     run_inner().stderr.fnmatch_lines(["*nsbox_unavailable='maybe' is not valid*"])
 
 
+def test_a_hook_asking_for_a_bad_option_is_a_setup_error(pytester, run_inner) -> None:
+    pytester.makeconftest("""
+        def pytest_nsbox_options(item, options):
+            return {"memory": "lots"}
+    """)
+    pytester.makepyfile("def test_x(): pass\ndef test_y(): pass")
+    result = run_inner("--nsbox")
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(["*a pytest_nsbox_options hook: nsbox option memory='lots'*"])
+
+
 def test_hooks_adjust_setup_and_observe(pytester: pytest.Pytester, run_inner) -> None:
     pytester.makeconftest("""
         import os, socket
