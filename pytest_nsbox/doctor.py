@@ -113,7 +113,7 @@ def run_probe(fn: Callable[[], Result], timeout: float = PROBE_TIMEOUT) -> Resul
 
     parent = os.getpid()
     read_fd, write_fd = os.pipe()
-    pid = os.fork()
+    pid = ns.fork_quietly()
     if pid == 0:  # pragma: no cover - the child never returns
         out: Result
         try:

@@ -135,6 +135,18 @@ def single_threaded() -> bool:
     return True
 
 
+def fork_quietly() -> int:
+    """os.fork() without Python 3.12's warning about threads: the child only clones (or
+    probes) and never takes a lock another thread may hold; a warning would be charged to
+    the user's test."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*use of fork\\(\\) may lead to deadlocks",
+                                category=DeprecationWarning)
+        return os.fork()
+
+
 def threading_ident() -> int:
     """The kernel's id of the calling thread."""
     import threading

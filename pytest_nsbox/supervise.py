@@ -163,7 +163,7 @@ def _spawn(flags: int, plan: Plan) -> int:
             if pid == 0:
                 init_main(plan)
             return pid
-        pid = os.fork()
+        pid = ns.fork_quietly()
         if pid == 0:
             _relay_main(flags, plan)
         return pid
