@@ -6,7 +6,8 @@
 #   tests/vm_io/run.sh [root|delegated ...]   (default: both)
 set -eu
 cd "$(dirname "$0")/../.."
-VM="${VMLAB:-$(cd .. && pwd)/shared/vmlab}/run-in-vm.sh"
+VM="${VMLAB:-$(cd .. && pwd)/shared/vmlab/run-in-vm.sh}"
+[ -x "$VM" ] || VM=/work/shared/vmlab/run-in-vm.sh  # a clone that has no shared/ beside it
 [ -x "$VM" ] || VM=/work/shared/vmlab/run-in-vm.sh
 PY="$PWD/.venv/bin/python"
 ASSETS="${VMLAB_ASSETS:-$HOME/.cache/vmlab}"
