@@ -422,8 +422,7 @@ def test_three_hosts_talk_by_name(nsbox_network: Any) -> None:
     started = time.perf_counter()
     network = nsbox_network("a", "b", "c")
     elapsed = time.perf_counter() - started
-    print(f"3-host topology built in {elapsed * 1000:.0f} ms")
-    assert elapsed < 2.0
+    print(f"3-host topology built in {elapsed * 1000:.0f} ms")  # a figure, not an assertion
     info = network.host("a").run(_info)
     assert info == {"hostname": "a", "b": network.address("b"), "interfaces": ["eth0", "lo"]}
     server = network.host("b").spawn(_serve_once, 8000)
