@@ -8,8 +8,9 @@ Process layout of one box::
 The init sets the namespaces up, reaps orphans and, when the test process ends, reports
 its wait status and exits: the kernel then kills everything else in the pid namespace.
 The test runs as pid 2, not pid 1, so signals it sends itself act as they do unboxed.
-When this process has more than one thread a raw clone() is unsafe, so an os.fork()
-child makes the clone instead and mirrors the init's end.
+When another thread of this process might hold a libc lock (it is not asleep in a quiet
+syscall) a raw clone() is unsafe, so an os.fork() child makes the clone instead and
+mirrors the init's end.
 """
 
 from __future__ import annotations
@@ -161,7 +162,6 @@ class Box:
         raise error
 
     def execute(self, target: Callable[[Send], None],
-                on_frame: Callable[[Any], None] | None = None,
                 on_frozen: Callable[[list[int]], None] | None = None) -> Outcome:
         """Run ``target(send)`` in a box; `send` ships one object to the parent as a frame.
 
@@ -170,7 +170,7 @@ class Box:
         """
         from . import supervise
 
-        return supervise.run_box(self, target, on_frame, on_frozen)
+        return supervise.run_box(self, target, on_frozen)
 
 
 def _raised(exc: BaseException) -> tuple[Any, ...]:

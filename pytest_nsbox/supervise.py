@@ -39,7 +39,6 @@ def _preload() -> None:
 
 
 def run_box(box: Box, target: Callable[[Callable[[Any], None]], None],
-            on_frame: Callable[[Any], None] | None,
             on_frozen: Callable[[list[int]], None] | None = None) -> Outcome:
     options = box.options
     if options.user == "host" and os.geteuid() != 0:
@@ -86,7 +85,7 @@ def run_box(box: Box, target: Callable[[Callable[[Any], None]], None],
             relay_end = None
         try:
             outcome = _supervise(top, result_r, diag_r, options.timeout, box.frame_limit,
-                                 on_frame, cgroup, on_frozen)
+                                 cgroup, on_frozen)
         finally:
             os.close(result_r)
             os.close(diag_r)
@@ -189,7 +188,7 @@ def _relay_main(flags: int, plan: Plan) -> NoReturn:
 
 
 def _supervise(top: int, result_r: int, diag_r: int, timeout: float | None, limit: int,
-               on_frame: Callable[[Any], None] | None, cgroup: Any = None,
+               cgroup: Any = None,
                on_frozen: Callable[[list[int]], None] | None = None) -> Outcome:
     decoder = FrameDecoder(limit)
     outcome = Outcome(frames=[])
@@ -243,9 +242,6 @@ def _supervise(top: int, result_r: int, diag_r: int, timeout: float | None, limi
                         _kill(top, cgroup)
                         continue
                     outcome.frames += frames
-                    if on_frame is not None:
-                        for frame in frames:
-                            on_frame(frame)
             if deadline is not None and now >= deadline and not exited:
                 outcome.timed_out = True
                 deadline = None

@@ -254,7 +254,7 @@ def test_frames_of_the_wrong_shape_are_a_clean_error(frame, host: Host) -> None:
         os._exit(0)
 
     box = Box()
-    box.execute = lambda target, on_frame=None: Box.execute(box, run_target)  # type: ignore[method-assign]
+    box.execute = lambda target: Box.execute(box, run_target)  # type: ignore[method-assign]
     try:
         box.run(int)
     except BoxError:
