@@ -48,6 +48,11 @@ BEST_EFFORT = False
 ROOT = "/sys/fs/cgroup"
 SESSION_PREFIX = "nsbox-"
 LEAF_PREFIX = "nsbox-leaf-"
+#: The child of a limited box cgroup that the box's processes live in and may write.
+DELEGATED = "delegated"
+#: Under the v1 devices hierarchy: one directory per set of allowed devices, whose rules
+#: each box's devices cgroup inherits when it is made (no writes per box).
+DEVICES_PREFIX = "devices-"
 DELEGATE_FIX = "systemd-run --user --scope -p Delegate=yes pytest ..."
 _V2_FIX = (f"run pytest in a cgroup delegated to you: `{DELEGATE_FIX}` (or run pytest as root)")
 _V1_FIX = ("run pytest as root, or in a cgroup your user owns: `sudo cgcreate -a $USER -t $USER "
@@ -188,7 +193,9 @@ def _layout() -> _Layout:
         for line in f.read().decode().splitlines():
             left, _, right = line.partition(" - ")
             fields, rfields = left.split(), right.split()
-            if len(rfields) >= 3 and rfields[0] in ("cgroup", "cgroup2"):
+            # a mount whose root lies outside this cgroup namespace ("/..") is not ours
+            if (len(rfields) >= 3 and rfields[0] in ("cgroup", "cgroup2")
+                    and not fields[3].startswith("/..")):
                 mounts.append((rfields[0], fields[3], fields[4], set(rfields[2].split(","))))
     with open("/proc/self/cgroup", "rb") as f:
         own = [line.split(":", 2) for line in f.read().decode().splitlines() if line]
@@ -234,6 +241,8 @@ class _Session:
             leaf = os.path.basename(own).startswith(LEAF_PREFIX)
             self.base = os.path.dirname(own) if leaf else own
         self.memsw: dict[str, bool] = {}
+        #: v1: set of extra devices -> the devices-<n> directory boxes are made under
+        self.device_parents: dict[tuple[str, ...], str | None] = {}
 
     def session_dir(self, parent: str) -> str | None:
         """The session directory under `parent`, made on first use (None if not writable)."""
@@ -353,6 +362,10 @@ class BoxCgroup:
         self.rlimits = rlimits
         #: what was not enforced through cgroups, for the report (best-effort mode)
         self.best_effort = best_effort
+        #: (directory, writable) the box is shown under /sys/fs/cgroup, outer first
+        self.views: tuple[tuple[str, bool], ...] = ()
+        #: the delegated children its processes joined (below `paths`)
+        self.joined: tuple[str, ...] = ()
         self._removed = False
         self._frozen = False
 
@@ -411,8 +424,11 @@ class BoxCgroup:
         d = self._dir("memory")
         if d is None:
             return False
-        path = f"{d}/memory.events" if self.v2 else f"{d}/memory.oom_control"
-        return _keyed(path).get("oom_kill", 0) > 0
+        if self.v2:
+            return _keyed(f"{d}/memory.events").get("oom_kill", 0) > 0
+        # v1 counts a kill where the victim was (not in its ancestors): the delegated child too
+        return any(_keyed(f"{top}/memory.oom_control").get("oom_kill", 0) > 0
+                   for top in (d, f"{d}/{DELEGATED}") if os.path.isdir(top))
 
     def freeze(self, patience: float = _FREEZE_PATIENCE) -> str:
         """Freeze every process of the box; "" once frozen, else why it is not (yet).
@@ -464,12 +480,12 @@ class BoxCgroup:
         self._frozen = False
 
     def pids(self) -> list[int]:
-        """Host pids of the processes (not threads) in the box, in the order the kernel lists."""
+        """Host pids of the processes (not threads) in the box and the boxes inside it."""
         d = self.dirs.get("") if self.v2 else next(
             (self.dirs[c] for c in ("freezer", "pids", "memory") if c in self.dirs), None)
         if d is None and self.paths:
             d = self.paths[0]
-        return _pids(f"{d}/cgroup.procs") if d is not None else []
+        return _tree_pids(d) if d is not None else []
 
     def kill(self) -> None:
         """SIGKILL every process of the box: cgroup.kill where present, else one by one.
@@ -479,11 +495,11 @@ class BoxCgroup:
         """
         if self._frozen:
             for d in self.paths:
-                for pid in _pids(f"{d}/cgroup.procs"):
+                for pid in _tree_pids(d):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, 9)
             self.thaw()
-        for d in self.paths:
+        for d in self.paths + self.joined:
             _kill_all(d)
 
     def remove(self) -> None:
@@ -495,6 +511,15 @@ class BoxCgroup:
         for d in self.paths:
             _remove_tree(d)  # a box inside this box may have left its own session below
         self._removed = True
+
+
+def _tree_pids(cgroup: str) -> list[int]:
+    """The pids in `cgroup` and every cgroup below it (v1 cgroup.procs lists its own only)."""
+    found = []
+    for top, _, _ in os.walk(cgroup):
+        with contextlib.suppress(OSError):
+            found.extend(_pids(f"{top}/cgroup.procs"))
+    return found
 
 
 def _kill_all(cgroup: str) -> None:
@@ -594,6 +619,10 @@ def box_cgroup(options: BoxOptions, name: str | None = None) -> BoxCgroup | None
         # a box with a timeout is frozen before it is killed: it needs the v1 freezer
         extra = ("freezer",) if options.timeout is not None else ()
         dirs, problems = _v1_parents(session, asked, extra)
+        if dirs and options.devices != ("host",):
+            template = _v1_devices_parent(session, options.devices)
+            if template is not None:
+                dirs["devices"] = template
     rlimits: tuple[tuple[int, int], ...] = ()
     note = None
     if problems:
@@ -609,7 +638,10 @@ def box_cgroup(options: BoxOptions, name: str | None = None) -> BoxCgroup | None
     if name:
         safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)[:48]
         leaf += "-" + safe
+    filter_rules = (_device_rules(options.devices) if v2 and options.devices != ("host",)
+                    and "devfilter" not in session.failed else None)
     made: dict[str, str] = {}
+    views: list[tuple[str, bool]] = []
     fds: list[int] = []
     try:
         by_parent: dict[str, list[str]] = {}
@@ -620,10 +652,23 @@ def box_cgroup(options: BoxOptions, name: str | None = None) -> BoxCgroup | None
             os.mkdir(path)
             for c in controllers:
                 made[c] = path
-            _write_limits(session, path, parent, controllers, options, asked)
+            if controllers == ["devices"]:  # rules inherited from the parent: never shown
+                fds.append(os.open(f"{path}/cgroup.procs", _W))
+                continue
+            limited = _write_limits(session, path, parent, controllers, options, asked)
             if devices and ("io" in asked if v2 else "blkio" in controllers):
                 _write_io(path, v2, devices, options.io or {}, parent)
-            fds.append(os.open(f"{path}/cgroup.procs", _W))
+                limited = True
+            if filter_rules is not None:
+                _attach_device_filter(session, path, filter_rules)
+            if limited and not v2 and "blkio" in controllers:
+                # v1 blk-throttle is not hierarchical: the box stays where its io limit is
+                join = path
+                views.append((path, False))
+            else:
+                join = _delegate(path, v2, controllers) if limited else path
+                views.extend(((path, False), (join, True)) if limited else ((path, True),))
+            fds.append(os.open(f"{join}/cgroup.procs", _W))
     except OSError as exc:
         for fd in fds:
             os.close(fd)
@@ -631,7 +676,30 @@ def box_cgroup(options: BoxOptions, name: str | None = None) -> BoxCgroup | None
         raise CgroupUnavailable(
             f"cannot set up the box's cgroup under {next(iter(dirs.values()))}: "
             f"{exc.filename or ''}: {os.strerror(exc.errno or 0)}") from None
-    return BoxCgroup(made, v2, tuple(fds), rlimits, note)
+    cgroup = BoxCgroup(made, v2, tuple(fds), rlimits, note)
+    cgroup.views = tuple(views)
+    cgroup.joined = tuple(path for path, writable in views
+                          if writable and path.endswith("/" + DELEGATED))
+    return cgroup
+
+
+def _delegate(path: str, v2: bool, controllers: list[str]) -> str:
+    """Make `path/DELEGATED`, the part of a limited box cgroup the box may write.
+
+    The limits sit on `path`, which the box sees read-only; the box's processes live in
+    the child, which it sees writable, so a box inside it can make cgroups of its own (the
+    way systemd delegates a subtree) and every limit below still holds under the outer one.
+    """
+    child = f"{path}/{DELEGATED}"
+    if v2:
+        available = _read(f"{path}/cgroup.controllers").split()
+        if available:
+            _write(f"{path}/cgroup.subtree_control", b" ".join(b"+" + c for c in available))
+    os.mkdir(child)
+    if not v2 and "cpuset" in controllers:  # an empty v1 cpuset cannot take tasks
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            _write(f"{child}/{name}", _read(f"{path}/{name}").strip() or b"\n")
+    return child
 
 
 def _v1_parents(session: _Session, asked: dict[str, str], extra: tuple[str, ...] = ()
@@ -654,6 +722,64 @@ def _v1_parents(session: _Session, asked: dict[str, str], extra: tuple[str, ...]
     return dirs, problems
 
 
+def _v1_devices_parent(session: _Session, extra: tuple[str, ...]) -> str | None:
+    """The devices-<n> directory whose rules allow the standard devices and `extra`.
+
+    Made once per session and set of devices; a box's devices cgroup made under it copies
+    its rules. None where there is no writable devices hierarchy of its own (not an
+    error: the box's own /dev and, in a user namespace, the refused mknod still hold).
+    """
+    made = session.device_parents.get(extra)
+    if made is not None or extra in session.device_parents:
+        return made
+    session.device_parents[extra] = None
+    own = session.layout.v1.get("devices")
+    if own is None or any(d == own for c, d in session.layout.v1.items() if c != "devices"):
+        return None  # absent, or mounted with other controllers (one cgroup per hierarchy)
+    top = session.session_dir(own)
+    if top is None:
+        return None
+    from .devfilter import box_device_rules, v1_rules
+
+    rules = v1_rules(_device_rules(extra))
+    path = f"{top}/{DEVICES_PREFIX}{len(session.device_parents)}"
+    try:
+        os.mkdir(path)
+        _write(f"{path}/devices.deny", b"a")
+        for line in rules:
+            _write(f"{path}/devices.allow", line)
+    except OSError as exc:
+        # EPERM: no CAP_SYS_ADMIN on the host (a box inside a box inherits its outer rules)
+        session.failed[f"devices {extra}"] = os.strerror(exc.errno or 0)
+        with contextlib.suppress(OSError):
+            _remove_tree(path)
+        return None
+    session.device_parents[extra] = path
+    return path
+
+
+def _device_rules(extra: tuple[str, ...]) -> Any:
+    """The devices a box may use; a path that is not a device is the user's error."""
+    from .devfilter import box_device_rules
+
+    try:
+        return box_device_rules(extra)
+    except ValueError as exc:
+        from .errors import BoxUnavailable
+
+        raise BoxUnavailable(f"devices: {exc}") from None
+
+
+def _attach_device_filter(session: _Session, path: str, rules: Any) -> None:
+    """v2: the eBPF device filter on the box's cgroup, where this process may load one."""
+    from .devfilter import attach_filter
+
+    try:
+        attach_filter(path, rules)
+    except OSError as exc:  # no CAP_SYS_ADMIN (a user, or a box inside a box): noted once
+        session.failed["devfilter"] = f"cannot load an eBPF device filter: {exc}"
+
+
 def _v2_parents(session: _Session, asked: dict[str, str]
                 ) -> tuple[dict[str, str], dict[str, str]]:
     if session.base is None:
@@ -667,7 +793,8 @@ def _v2_parents(session: _Session, asked: dict[str, str]
 
 
 def _write_limits(session: _Session, path: str, parent: str, controllers: list[str],
-                  options: BoxOptions, asked: dict[str, str]) -> None:
+                  options: BoxOptions, asked: dict[str, str]) -> bool:
+    """Write the limits asked that belong in `path`; whether there were any."""
     v2 = session.v2
     want = set(asked) if v2 else set(asked) & set(controllers)  # v1: this hierarchy's only
     if "memory" in want and options.memory is not None:
@@ -700,6 +827,7 @@ def _write_limits(session: _Session, path: str, parent: str, controllers: list[s
             _write(f"{path}/cpuset.mems", _read(f"{parent}/cpuset.mems").strip() or b"\n")
     if "pids" in want and options.pids is not None:
         _write(f"{path}/pids.max", str(options.pids).encode())
+    return bool(want - {"io", "blkio"})
 
 
 # --- io: the block device behind a path ------------------------------------------------

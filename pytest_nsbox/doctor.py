@@ -622,6 +622,7 @@ def _cgroup_checks(timeout: float) -> list[Check]:
     else:
         checks.append(Check("memory peak", DEGRADED, f"{peak_file} absent: no nsbox_memory_peak",
                             "Linux 5.19+ for memory.peak on cgroup v2", how))
+    checks.append(_device_check(facts, v2))
     swap_file = "memory.swap.max" if v2 else "memory.memsw.limit_in_bytes"
     no_swap = len((_read("/proc/swaps") or "").splitlines()) <= 1
     if facts.get("swap_accounting"):
@@ -635,6 +636,30 @@ def _cgroup_checks(timeout: float) -> list[Check]:
                             "past its memory limit", "boot with `swapaccount=1` (cgroup v1) or "
                             "a kernel with CONFIG_MEMCG_SWAP", how + ", /proc/swaps"))
     return checks
+
+
+def _device_check(facts: dict[str, Any], v2: bool) -> Check:
+    """Whether the kernel refuses devices a box was not given (not only its /dev)."""
+    if v2:
+        from .devfilter import filter_available
+
+        how = "probe: load a BPF_PROG_TYPE_CGROUP_DEVICE program"
+        if filter_available():
+            return Check("device control", PASS, "an eBPF device filter is attached to each "
+                         "box's cgroup", method=how)
+    else:
+        how = "file: /proc/self/mountinfo (a devices hierarchy of its own), its access"
+        devices = facts.get("v1", {}).get("devices")
+        if devices and devices["writable"]:
+            return Check("device control", PASS, "each box joins a v1 devices cgroup that "
+                         "allows only its devices", method=how)
+    if os.geteuid() != 0:
+        return Check("device control", PASS, "a box's user namespace refuses mknod and its "
+                     "/dev holds only its devices (the kernel's device control needs root, "
+                     "as do user='host' boxes)", method=how)
+    return Check("device control", DEGRADED, "no devices cgroup or eBPF device filter: a "
+                 "user='host' box could mknod a device", "mount the v1 devices controller, "
+                 "or a kernel with CONFIG_CGROUP_BPF (cgroup v2)", how)
 
 
 def _machine() -> dict[str, Any]:

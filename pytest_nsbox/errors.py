@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = [
     "BoxError",
@@ -30,6 +31,18 @@ class BoxError(Exception):
 
     #: Text the box's last stderr or stack dump held, for the report.
     detail: str = ""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The subclasses take other arguments than their message: rebuilt without calling
+        # __init__, so that an inner box's error can come back out of an outer box.
+        return _restore, (type(self), self.args, self.__dict__)
+
+
+def _restore(cls: type[BoxError], args: tuple[Any, ...], state: dict[str, Any]) -> BoxError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class BoxUnavailable(BoxError):
@@ -86,6 +99,14 @@ class MemoryLimitExceeded(BoxError):
 
         self.limit = limit
         self.peak = peak
+        #: killed below its own limit: a cgroup around the box (an outer box's) ran out
+        self.enclosing = peak is not None and peak < limit * 0.9
+        if peak is not None and self.enclosing:
+            super().__init__(
+                f"was killed by the kernel's OOM killer at {format_size(peak)}, below its own "
+                f"memory limit of {format_size(limit)}: a cgroup around it (an outer box's "
+                "limit, or pytest's own cgroup) ran out of memory")
+            return
         peak_text = f" (peak {format_size(peak)})" if peak is not None else ""
         super().__init__(f"exceeded its memory limit of {format_size(limit)}{peak_text}")
 

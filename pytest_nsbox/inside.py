@@ -69,6 +69,11 @@ def init_main(plan: Plan) -> NoReturn:
         for fd in plan.join_fds:
             os.write(fd, b"0")
             os.close(fd)
+        if plan.join_fds:  # its cgroups are the root of what the box sees of cgroups
+            try:
+                ns.unshare(ns.CLONE_NEWCGROUP)
+            except ns.SetupFailed as exc:
+                send_unavailable(plan, exc.step, exc.errno or 0)
         # The test process is forked first and waits for the word to go: its own start
         # (page faults of a fresh fork) overlaps the namespace set-up on the other core.
         go_read, go_write = os.pipe()
@@ -169,7 +174,9 @@ def prepare(plan: Plan) -> None:
                                  if any(_under(p, t) for t in options.tmpfs)))
     writable = _open_dirs(plan.writable_paths) if options.readonly else []
     devices = _open_devices(options.devices) if options.devices != ("host",) else None
-    cgroup_dirs = _open_dirs(getattr(plan.cgroup, "paths", ()))
+    views = getattr(plan.cgroup, "views", ())
+    cgroup_dirs = _open_dirs(path for path, _ in views)
+    writable_views = {path for path, writable in views if writable}
     if options.readonly:
         ns.make_readonly("/")
     ns.mount_proc()
@@ -185,7 +192,7 @@ def prepare(plan: Plan) -> None:
         _minimal_dev(devices)
     elif os.path.isdir("/dev/shm"):
         ns.mount_tmpfs("/dev/shm")  # POSIX shared memory belongs to the box's IPC
-    _hide_cgroups(cgroup_dirs)
+    _hide_cgroups(cgroup_dirs, writable_views)
     for fd, path in kept:
         ns.bind_back(fd, path)
     for fd, path in writable:
@@ -241,8 +248,9 @@ def prepare_net(plan: Plan) -> None:
         make_listeners(plan.options.forward or {}, plan.relay_fd)
 
 
-def _hide_cgroups(own: list[tuple[int, str]]) -> None:
-    """The box sees only its own cgroup directories, read-only.
+def _hide_cgroups(own: list[tuple[int, str]], writable: set[str]) -> None:
+    """The box sees only its own cgroup directories: where limits sit, read-only; the
+    subtree delegated to it, writable (a box inside it makes its cgroups there).
 
     Its uid may be the files' owner (root mapped to root), so without this it could move
     itself out of its cgroup or raise its own limits.
@@ -250,8 +258,12 @@ def _hide_cgroups(own: list[tuple[int, str]]) -> None:
     if not os.path.isdir(CGROUP_ROOT):
         return
     ns.mount_tmpfs(CGROUP_ROOT, "755")
-    for fd, path in own:
-        ns.bind_readonly(fd, path)
+    for fd, path in own:  # outer first: a delegated child is bound inside its parent
+        if path in writable:
+            os.makedirs(path, exist_ok=True)
+            ns.make_writable(fd, path)  # the bind would copy a read-only root's flag
+        else:
+            ns.bind_readonly(fd, path)
         os.close(fd)
 
 

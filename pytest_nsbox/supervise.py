@@ -129,10 +129,10 @@ def _make_cgroup(options: BoxOptions) -> Any:
 
         if current_box() is not None:
             raise BoxUnavailable(
-                "a box inside a box cannot have memory, cpu, cpuset or pids limits here: the "
-                "outer box's cgroup is read-only inside it (not delegated, so the test "
-                "cannot lift its own limits). Fix: leave the limits off the inner box (the "
-                f"outer box's still hold), or run the outer test unboxed. ({exc})") from None
+                "a box inside a box takes its limits from the cgroup subtree the outer box "
+                f"delegates to it, and that cannot hold this one: {exc}. Fix: leave the "
+                "limit off the inner box (the outer box's limits still hold), or run the "
+                "outer pytest where its boxes get cgroups (`pytest --nsbox-doctor`).") from None
         raise BoxUnavailable(str(exc)) from None
 
 

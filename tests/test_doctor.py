@@ -80,6 +80,8 @@ def test_root_verdict_here(here_json: tuple[dict[str, Any], int]) -> None:
     assert checks["cgroup writable"]["status"] == "PASS"
     assert checks["cgroup controllers"]["status"] == "PASS"
     assert checks["cgroup.kill"]["status"] == "DEGRADED"  # v1 has none
+    assert checks["device control"]["status"] == "PASS"
+    assert "v1 devices cgroup" in checks["device control"]["detail"]
     if not netem_in_kernel():
         assert checks["netem"]["status"] in ("FAIL", "DEGRADED")
         assert "modprobe" in checks["netem"]["fix"]
@@ -158,6 +160,8 @@ def test_user_verdict_here(user_run: dict[str, Any]) -> None:
     writable = checks["cgroup writable"]
     assert writable["status"] == "DEGRADED"
     assert "Permission denied" in writable["detail"] and "cgcreate" in writable["fix"]
+    assert checks["device control"]["status"] == "PASS"
+    assert "refuses mknod" in checks["device control"]["detail"]
     assert code == 1
 
 
@@ -316,6 +320,9 @@ def test_vm_verdict() -> None:
                  "netem", "tbf", "veth", "bridge", "cgroup.kill", "memory peak"):
         assert checks[name].status == "PASS", checks[name]
     assert doctor.boxing_available() == (True, "")
+    device = checks["device control"]
+    assert device.status == "PASS"
+    assert ("eBPF" if VM_MODE.startswith("root") else "refuses mknod") in device.detail, device
     if VM_MODE in ("root", "delegated"):
         assert checks["cgroup writable"].status == checks["cgroup delegation"].status == "PASS"
         assert report.exit_status == 0

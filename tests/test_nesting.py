@@ -1,0 +1,282 @@
+"""Boxes inside boxes: limits nest through the cgroup subtree delegated to a box, and the
+kernel refuses devices a box was not given (v1 devices controller, v2 eBPF filter).
+
+Marked `vm`: the same tests run in the cgroup v2 VM lane (root, delegated user).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+import textwrap
+
+import pytest
+
+from conftest import needs
+from pytest_nsbox import Box, BoxUnavailable, MemoryLimitExceeded, cgroups
+
+pytestmark = pytest.mark.vm
+
+MiB = 1 << 20
+
+
+def _cgroups_writable() -> bool:
+    from pytest_nsbox.options import BoxOptions
+
+    try:
+        made = cgroups.box_cgroup(BoxOptions(memory=256 * MiB))
+    except cgroups.CgroupUnavailable:
+        return False
+    if made is not None:
+        made.remove()
+    return made is not None
+
+
+@pytest.fixture(scope="module")
+def limits() -> None:
+    needs(_cgroups_writable(), "lacks: a writable cgroup (limits)")
+
+
+def hog(mib: int) -> int:
+    block = bytearray(mib * MiB)
+    block[::4096] = b"x" * (len(block) // 4096)
+    return len(block) // MiB
+
+
+def _inner(options: dict[str, object], mib: int) -> object:
+    """Run hog(mib) in an inner box; what it returned or the error it raised."""
+    try:
+        return Box(**options).run(hog, mib)
+    except Exception as exc:  # the outcome is the answer
+        return exc
+
+
+@pytest.mark.usefixtures("limits")
+def test_an_inner_box_gets_a_memory_limit_of_its_own() -> None:
+    fits, over = Box(memory="256M").run(
+        lambda: (_inner({"memory": "64M"}, 32), _inner({"memory": "64M"}, 128)))
+    assert fits == 32
+    assert isinstance(over, MemoryLimitExceeded), over
+    assert not over.enclosing
+    assert str(over).startswith("exceeded its memory limit of 64 MiB")
+
+
+@pytest.mark.usefixtures("limits")
+def test_the_outer_limit_holds_over_an_inner_box() -> None:
+    """An inner box asking for more than the outer allows is still held by the outer."""
+    outcome = Box(memory="128M").run(_inner, {"memory": "1G"}, 200)
+    assert isinstance(outcome, MemoryLimitExceeded), outcome
+    assert outcome.enclosing
+    assert "below its own memory limit of 1 GiB" in str(outcome)
+
+
+@pytest.mark.usefixtures("limits")
+def test_an_inner_box_gets_a_pids_limit_of_its_own() -> None:
+    def spawn(count: int) -> int:
+        started = 0
+        children = []
+        for _ in range(count):
+            try:
+                pid = os.fork()
+            except BlockingIOError:
+                break
+            if pid == 0:
+                os.read(os.open("/dev/zero", os.O_RDONLY), 1)
+                os._exit(0)
+            children.append(pid)
+            started += 1
+        for pid in children:
+            os.waitpid(pid, 0)
+        return started
+
+    inner = Box(pids=100).run(lambda: Box(pids=8).run(spawn, 20))
+    assert 0 < inner < 8  # the inner box's init and test process count too
+
+
+@pytest.mark.usefixtures("limits")
+def test_a_box_sees_its_cgroups_as_the_root_of_a_cgroup_namespace() -> None:
+    text = Box(memory="64M").run(lambda: open("/proc/self/cgroup").read())
+    v2 = cgroups.detect()["version"] == "v2"
+    own = [line for line in text.splitlines()
+           if (line.startswith("0::") if v2 else ":memory:" in line)]
+    assert own and all(line.endswith(":/") for line in own), text
+    assert "nsbox" not in text
+
+
+def _lift_then_hog() -> tuple[list[str], int]:
+    """Try to lift every limit and leave every cgroup the box can see, then hog 200 MiB
+    in a child; the files written and the child's wait status."""
+    lifts = {"memory.limit_in_bytes": "-1", "memory.memsw.limit_in_bytes": "-1",
+             "memory.max": "max", "memory.swap.max": "max", "pids.max": "max",
+             "cgroup.procs": str(os.getpid())}
+    written = []
+    for top, _, files in os.walk("/sys/fs/cgroup"):
+        for name in files:
+            if name in lifts:
+                try:
+                    with open(f"{top}/{name}", "w") as file:
+                        file.write(lifts[name])
+                    written.append(f"{top}/{name}")
+                except OSError:
+                    pass
+    child = os.fork()
+    if child == 0:
+        hog(200)
+        os._exit(0)
+    return written, os.waitpid(child, 0)[1]
+
+
+@pytest.mark.usefixtures("limits")
+def test_a_box_cannot_lift_its_own_limits() -> None:
+    """Every limit file and cgroup.procs the box can see is tried: only the subtree
+    delegated to it takes a limit write, and 200 MiB under a 64 MiB limit is still killed."""
+    written, status = Box(memory="64M", pids=64).run(_lift_then_hog)
+    assert any(path.endswith("/cgroup.procs") for path in written), written
+    lifted = [path for path in written if not path.endswith("/cgroup.procs")]
+    assert all(f"/{cgroups.DELEGATED}/" in path for path in lifted), lifted
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9, status
+
+
+@pytest.mark.usefixtures("limits")
+def test_what_an_inner_box_leaves_is_removed_with_the_outer_box() -> None:
+    """An inner box's cgroups left behind (its test process ends without cleaning up)
+    go with the outer box."""
+
+    def leave_an_inner_cgroup() -> tuple[str, ...]:
+        from pytest_nsbox.options import BoxOptions
+
+        made = cgroups.box_cgroup(BoxOptions(memory=32 * MiB))
+        assert made is not None
+        return made.paths  # the box sees its cgroups at their paths on the host
+
+    left = Box(memory="64M").run(leave_an_inner_cgroup)
+    assert left and all(len(re.findall(r"/box-\d+", path)) >= 2 for path in left), left
+    assert not any(os.path.exists(path) for path in left), left
+
+
+def test_inner_limits_without_a_delegated_subtree_are_a_clear_unavailable(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the outer box has no cgroups (here: none to give it), an inner limit says
+    why and what to do."""
+
+    def inner() -> str:
+        try:
+            Box(memory="64M").run(int)
+        except BoxUnavailable as exc:
+            return str(exc)
+        return "ran"
+
+    from pytest_nsbox import supervise
+
+    monkeypatch.setattr(supervise, "_make_cgroup", _no_cgroup_outside(supervise._make_cgroup))
+    message = Box().run(inner)
+    assert message.startswith("a box inside a box takes its limits from the cgroup subtree"), \
+        message
+    assert "--nsbox-doctor" in message
+
+
+def _no_cgroup_outside(real):  # type: ignore[no-untyped-def]
+    """The outer box gets no cgroup (as on a machine without writable cgroups)."""
+    outer_pid = os.getpid()
+
+    def make(options):  # type: ignore[no-untyped-def]
+        return None if os.getpid() == outer_pid else real(options)
+
+    return make
+
+
+def test_an_inner_pytest_session_boxes_its_tests_with_limits(
+        pytester: pytest.Pytester, limits: None) -> None:
+    pytester.makepyfile(test_inner=textwrap.dedent("""
+        import pytest
+
+        def hog(mib):
+            block = bytearray(mib << 20)
+            block[::4096] = b"x" * (len(block) // 4096)
+
+        @pytest.mark.nsbox(memory="64M")
+        def test_over():
+            hog(128)
+
+        @pytest.mark.nsbox(memory="64M")
+        def test_under():
+            hog(16)
+    """))
+
+    def run_inner_session() -> tuple[int, str]:
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly",
+                                               "-p", "no:rerunfailures", "-q")
+        return int(result.ret), "\n".join(result.outlines)
+
+    ret, out = Box(memory="512M", keep_paths=(str(pytester.path),),
+                   writable_paths=(str(pytester.path),)).run(run_inner_session)
+    assert ret == 1, out
+    assert "1 failed, 1 passed" in out, out
+    assert "exceeded its memory limit of 64 MiB" in out, out
+
+
+# --- devices -----------------------------------------------------------------------------
+
+@pytest.fixture
+def fuse_node(tmp_path) -> str:
+    """A node for /dev/fuse (char 10:229: anyone may open it; /dev/kmsg would refuse a
+    user namespace by itself) in a directory the box keeps."""
+    needs(os.geteuid() == 0, "lacks: root (to make a device node on the host)")
+    needs(os.path.exists("/dev/fuse"), "lacks: /dev/fuse")
+    path = str(tmp_path / "fuse")
+    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(10, 229))
+    return path
+
+
+def _open_errno(path: str) -> int:
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+    except OSError as exc:
+        return exc.errno or -1
+    return 0
+
+
+def _mknod_errno(path: str) -> int:
+    try:
+        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 1))  # /dev/mem
+    except OSError as exc:
+        return exc.errno or -1
+    return 0
+
+
+def _device_control() -> bool:
+    """Whether this machine gives boxes a kernel device control (v1 devices hierarchy of
+    its own, or an eBPF device filter on v2)."""
+    from pytest_nsbox.devfilter import filter_available
+
+    facts = cgroups.detect()
+    if facts["version"] == "v2":
+        return filter_available()
+    return "devices" in facts.get("v1", {}) and facts["v1"]["devices"]["writable"]
+
+
+@pytest.mark.nsbox(enabled=False)  # makes a device node on the host
+@pytest.mark.usefixtures("limits")
+@pytest.mark.parametrize("user", ["root", "host"])
+def test_the_kernel_refuses_a_device_the_box_was_not_given(fuse_node: str, user: str) -> None:
+    needs(_device_control(), "lacks: a devices cgroup (v1) or an eBPF device filter (v2)")
+    assert _open_errno(fuse_node) == 0  # the node works here
+    kept = [os.path.dirname(fuse_node)]
+    assert Box(user=user, keep_paths=kept).run(_open_errno, fuse_node) == errno.EPERM
+    assert Box(user=user, devices=["/dev/fuse"], keep_paths=kept).run(
+        _open_errno, fuse_node) == 0
+    assert Box(user=user, devices="host", keep_paths=kept).run(_open_errno, fuse_node) == 0
+    assert Box(user=user).run(_open_errno, "/dev/null") == 0
+
+
+@pytest.mark.nsbox(enabled=False)  # user='host' boxes need pytest's own root
+@pytest.mark.usefixtures("limits")
+def test_a_real_root_box_cannot_make_device_nodes(tmp_path) -> None:
+    needs(os.geteuid() == 0, "lacks: root (user='host' boxes)")
+    needs(_device_control(), "lacks: a devices cgroup (v1) or an eBPF device filter (v2)")
+    made = str(tmp_path / "mem")
+    assert Box(user="host", writable_paths=[tmp_path]).run(_mknod_errno, made) == errno.EPERM
+    assert Box(user="host", devices="host", writable_paths=[tmp_path]).run(
+        _mknod_errno, made) == 0
