@@ -339,6 +339,13 @@ def _get_session() -> _Session:
     return _session
 
 
+def forget_inherited() -> None:
+    """In a box: start a session of its own. The pid alone cannot tell, since a box inside a
+    box has the same pid 2 as its outer box's test process, whose session it inherited."""
+    global _session
+    _session = None
+
+
 def _register_exit() -> None:
     global _exit_registered
     if not _exit_registered:
@@ -739,7 +746,7 @@ def _v1_devices_parent(session: _Session, extra: tuple[str, ...]) -> str | None:
     top = session.session_dir(own)
     if top is None:
         return None
-    from .devfilter import box_device_rules, v1_rules
+    from .devfilter import v1_rules
 
     rules = v1_rules(_device_rules(extra))
     path = f"{top}/{DEVICES_PREFIX}{len(session.device_parents)}"

@@ -241,6 +241,15 @@ def program_fd(rules: tuple[DeviceRule, ...]) -> int:
     return fd
 
 
+def forget_inherited() -> None:
+    """In a box: drop the parent's programs unclosed (the pid alone cannot tell, since a
+    box inside a box has the same pid 2 as its outer box's test process)."""
+    global _programs_pid, _available
+    _programs.clear()
+    _programs_pid = os.getpid()
+    _available = None
+
+
 def clear_cache() -> None:
     """Close this process's cached programs (attached ones stay attached)."""
     if _programs_pid == os.getpid():

@@ -304,6 +304,9 @@ def test_main(plan: Plan, saved_handlers: dict[int, Any]) -> NoReturn:
         if plan.options.timeout:  # only a timeout asks for the stack dump
             faulthandler.register(DUMP_SIGNAL, file=plan.diag_fd, all_threads=True)
         box._current = box.BoxContext(plan.options, plan.cgroup)
+        for name in ("cgroups", "devfilter"):  # per-process state of the outer process
+            if (module := sys.modules.get(f"{__package__}.{name}")) is not None:
+                module.forget_inherited()
         coverage = _restart_coverage()
         try:
             plan.target(Sender(plan.result_fd, plan.frame_limit))

@@ -72,6 +72,19 @@ def test_the_outer_limit_holds_over_an_inner_box() -> None:
     assert "below its own memory limit of 1 GiB" in str(outcome)
 
 
+def _three_deep() -> tuple[object, object]:
+    return _inner({"memory": "64M"}, 16), _inner({"memory": "64M"}, 100)
+
+
+@pytest.mark.usefixtures("limits")
+def test_limits_nest_three_deep() -> None:
+    """Every box's test process is pid 2: the third box must not take the second's
+    cgroup session (inherited from its outer test process) for its own."""
+    fits, over = Box(memory="256M").run(lambda: Box(memory="128M").run(_three_deep))
+    assert fits == 16
+    assert isinstance(over, MemoryLimitExceeded) and not over.enclosing, over
+
+
 @pytest.mark.usefixtures("limits")
 def test_an_inner_box_gets_a_pids_limit_of_its_own() -> None:
     def spawn(count: int) -> int:
@@ -179,10 +192,10 @@ def test_inner_limits_without_a_delegated_subtree_are_a_clear_unavailable(
 
 def _no_cgroup_outside(real):  # type: ignore[no-untyped-def]
     """The outer box gets no cgroup (as on a machine without writable cgroups)."""
-    outer_pid = os.getpid()
+    outer = os.stat("/proc/self/ns/pid").st_ino  # not the pid: every box's test is pid 2
 
     def make(options):  # type: ignore[no-untyped-def]
-        return None if os.getpid() == outer_pid else real(options)
+        return None if os.stat("/proc/self/ns/pid").st_ino == outer else real(options)
 
     return make
 
