@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import select
@@ -63,6 +64,9 @@ def run_box(box: Box, target: Callable[[Callable[[Any], None]], None],
         plan.relay_fd = box_end.fileno()
         plan.parent_fds += (relay_end.fileno(),)
         relay = Relay(options.forward)
+    for stream in (sys.stdout, sys.stderr):  # else the box writes the parent's pending
+        with contextlib.suppress(Exception):  # output a second time when it flushes its own
+            stream.flush()
     started = time.monotonic()
     try:
         try:
