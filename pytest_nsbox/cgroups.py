@@ -50,8 +50,8 @@ SESSION_PREFIX = "nsbox-"
 LEAF_PREFIX = "nsbox-leaf-"
 #: The child of a limited box cgroup that the box's processes live in and may write.
 DELEGATED = "delegated"
-#: Under the v1 devices hierarchy: one directory per set of allowed devices, whose rules
-#: each box's devices cgroup inherits when it is made (no writes per box).
+#: Under the v1 devices hierarchy: one cgroup per set of allowed devices, which every box
+#: with that set joins (its rules are written once per session).
 DEVICES_PREFIX = "devices-"
 DELEGATE_FIX = "systemd-run --user --scope -p Delegate=yes pytest ..."
 _V2_FIX = (f"run pytest in a cgroup delegated to you: `{DELEGATE_FIX}` (or run pytest as root)")
@@ -620,6 +620,7 @@ def box_cgroup(options: BoxOptions, name: str | None = None) -> BoxCgroup | None
     v2 = session.v2
     asked = _asked(options, v2)
     devices = _io_devices(options.io) if options.io is not None else ()
+    devices_dir = None  # v1: the shared devices cgroup the box joins
     if v2:
         dirs, problems = _v2_parents(session, asked)
     else:
@@ -627,9 +628,7 @@ def box_cgroup(options: BoxOptions, name: str | None = None) -> BoxCgroup | None
         extra = ("freezer",) if options.timeout is not None else ()
         dirs, problems = _v1_parents(session, asked, extra)
         if dirs and options.devices != ("host",):
-            template = _v1_devices_parent(session, options.devices)
-            if template is not None:
-                dirs["devices"] = template
+            devices_dir = _v1_devices_parent(session, options.devices)
     rlimits: tuple[tuple[int, int], ...] = ()
     note = None
     if problems:
@@ -659,9 +658,6 @@ def box_cgroup(options: BoxOptions, name: str | None = None) -> BoxCgroup | None
             os.mkdir(path)
             for c in controllers:
                 made[c] = path
-            if controllers == ["devices"]:  # rules inherited from the parent: never shown
-                fds.append(os.open(f"{path}/cgroup.procs", _W))
-                continue
             limited = _write_limits(session, path, parent, controllers, options, asked)
             if devices and ("io" in asked if v2 else "blkio" in controllers):
                 _write_io(path, v2, devices, options.io or {}, parent)
@@ -676,6 +672,8 @@ def box_cgroup(options: BoxOptions, name: str | None = None) -> BoxCgroup | None
                 join = _delegate(path, v2, controllers) if limited else path
                 views.extend(((path, False), (join, True)) if limited else ((path, True),))
             fds.append(os.open(f"{join}/cgroup.procs", _W))
+        if devices_dir is not None:
+            fds.append(os.open(f"{devices_dir}/cgroup.procs", _W))
     except OSError as exc:
         for fd in fds:
             os.close(fd)
@@ -730,11 +728,12 @@ def _v1_parents(session: _Session, asked: dict[str, str], extra: tuple[str, ...]
 
 
 def _v1_devices_parent(session: _Session, extra: tuple[str, ...]) -> str | None:
-    """The devices-<n> directory whose rules allow the standard devices and `extra`.
+    """The devices-<n> cgroup whose rules allow the standard devices and `extra`.
 
-    Made once per session and set of devices; a box's devices cgroup made under it copies
-    its rules. None where there is no writable devices hierarchy of its own (not an
-    error: the box's own /dev and, in a user namespace, the refused mknod still hold).
+    Made once per session and set of devices, and joined by every box with that set: it
+    only holds rules, so a cgroup per box would cost a mkdir and rmdir for nothing. None
+    where there is no writable devices hierarchy of its own (not an error: the box's own
+    /dev and, in a user namespace, the refused mknod still hold).
     """
     made = session.device_parents.get(extra)
     if made is not None or extra in session.device_parents:
