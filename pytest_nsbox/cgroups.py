@@ -658,20 +658,12 @@ def box_cgroup(options: BoxOptions, name: str | None = None) -> BoxCgroup | None
             os.mkdir(path)
             for c in controllers:
                 made[c] = path
-            limited = _write_limits(session, path, parent, controllers, options, asked)
-            if devices and ("io" in asked if v2 else "blkio" in controllers):
-                _write_io(path, v2, devices, options.io or {}, parent)
-                limited = True
             if filter_rules is not None:
                 _attach_device_filter(session, path, filter_rules)
-            if limited and not v2 and "blkio" in controllers:
-                # v1 blk-throttle is not hierarchical: the box stays where its io limit is
-                join = path
-                views.append((path, False))
-            else:
-                join = _delegate(path, v2, controllers) if limited else path
-                views.extend(((path, False), (join, True)) if limited else ((path, True),))
-            fds.append(os.open(f"{join}/cgroup.procs", _W))
+            shown = _limit_and_delegate(session, path, parent, controllers, options, asked,
+                                        devices)
+            views.extend(shown)
+            fds.append(os.open(f"{shown[-1][0]}/cgroup.procs", _W))  # the innermost
         if devices_dir is not None:
             fds.append(os.open(f"{devices_dir}/cgroup.procs", _W))
     except OSError as exc:
@@ -686,6 +678,23 @@ def box_cgroup(options: BoxOptions, name: str | None = None) -> BoxCgroup | None
     cgroup.joined = tuple(path for path, writable in views
                           if writable and path.endswith("/" + DELEGATED))
     return cgroup
+
+
+def _limit_and_delegate(session: _Session, path: str, parent: str, controllers: list[str],
+                        options: BoxOptions, asked: dict[str, str], io_devices: tuple[str, ...]
+                        ) -> list[tuple[str, bool]]:
+    """Write the limits into the box directory `path`; what the box is shown of it,
+    (directory, writable), the last being where its processes go."""
+    v2 = session.v2
+    limited = _write_limits(session, path, parent, controllers, options, asked)
+    if io_devices and ("io" in asked if v2 else "blkio" in controllers):
+        _write_io(path, v2, io_devices, options.io or {}, parent)
+        if not v2:  # v1 blk-throttle is not hierarchical: the box stays where its limit is
+            return [(path, False)]
+        limited = True
+    if not limited:
+        return [(path, True)]  # nothing to lift: the box may write its own cgroup
+    return [(path, False), (_delegate(path, v2, controllers), True)]
 
 
 def _delegate(path: str, v2: bool, controllers: list[str]) -> str:
