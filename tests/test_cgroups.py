@@ -374,7 +374,9 @@ def test_session_of_a_killed_pytest_is_removed_by_the_next_run() -> None:
 @needs_v2
 def test_v2_leaf_move_and_restore() -> None:
     """Processes in pytest's own cgroup move to a leaf and come back at session end."""
+    cgroups.session_cleanup()  # boxes of earlier tests (any order) moved us to a leaf
     before = open("/proc/self/cgroup").read()
+    assert "nsbox-leaf" not in before
     box = cgroups.box_cgroup(BoxOptions(memory=64 * MiB, pids=16))
     assert box is not None
     status, _ = Child(box, lambda: len(b"x" * (256 * MiB))).wait()
