@@ -6,6 +6,7 @@ atexit handler, finalizer or buffered output of the pytest process runs a second
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -61,6 +62,11 @@ def send_unavailable(plan: Plan, step: str, err: int, message: str | None = None
 
 def init_main(plan: Plan) -> NoReturn:
     """Pid 1 of the box: join the cgroup, build the namespaces, run and reap the test."""
+    # The box's garbage collector never walks (and so copies) the pages of what it
+    # inherited. Frozen here, not in the parent: a parent that froze and unfroze around
+    # every box moved its young objects to the oldest generation each test, so its cyclic
+    # garbage waited for a full collection (950 of 950 cycles after 1000 boxed tests).
+    gc.freeze()
     try:
         for fd in plan.parent_fds:
             os.close(fd)

@@ -10,6 +10,7 @@ the phase a dead box never finished, then tear down what `nextitem` no longer ne
 from __future__ import annotations
 
 import contextlib
+import sys
 import warnings
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -321,9 +322,7 @@ def _reports_from(item: pytest.Item, options: BoxOptions,
                                                                      data=frame[1])
                 if report.when not in PHASES:
                     raise ValueError(f"a report of phase {report.when!r}")
-                # share the item's strings, as unboxed reports do (5000 tests, 5000 copies)
-                report.nodeid, report.location = item.nodeid, item.location
-                report.keywords = dict.fromkeys(item.keywords, 1)
+                _like_unboxed(report, item)
                 reports[report.when] = report
                 for name, value in frame[2].items():
                     setattr(item, name, value)
@@ -345,6 +344,29 @@ def _reports_from(item: pytest.Item, options: BoxOptions,
         phase = _unfinished_phase(reports)
         reports[phase] = _failure_report(item, phase, _describe(error, phase), _drain_capture(item))
     return reports, exit_request
+
+
+def _like_unboxed(report: pytest.TestReport, item: pytest.Item) -> None:
+    """Let a report read from a frame hold what an unboxed report holds, no copies of its own:
+    pytest keeps every report to the end of the session (5000 tests, 15000 reports).
+
+    The item's node id (pytest 9's parsed `NodeId`, else the string), location and keyword
+    names, and one "passed", "call", ... string for all reports, not a copy from every
+    pickle. The ``$report_type`` key the deserializer leaves in the report's attributes
+    (as in xdist's) stays: deleting it makes Python 3.10 unshare the attribute dict.
+    """
+    attributes = vars(report)
+    node_id = getattr(item, "id", None)
+    if "_id" in attributes and type(node_id) is type(attributes["_id"]):
+        attributes["_id"] = node_id  # what `report.nodeid = item.nodeid` would parse anew
+    else:
+        report.nodeid = item.nodeid
+    report.location = item.location
+    report.keywords = dict.fromkeys(item.keywords, 1)
+    for name in ("outcome", "when", "$report_type"):
+        value = attributes.get(name)
+        if type(value) is str:
+            attributes[name] = sys.intern(value)
 
 
 def _unfinished_phase(reports: dict[str, pytest.TestReport]) -> Phase:

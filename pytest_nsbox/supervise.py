@@ -154,28 +154,21 @@ def _account(outcome: Outcome, cgroup: Any) -> None:
 
 
 def _spawn(flags: int, plan: Plan) -> int:
-    """Start the box; return the pid the parent supervises (the init, or its forked parent).
-
-    The heap is frozen for the clone, so the garbage collector in the box never walks (and
-    so copies) the pages of every object it inherited.
-    """
-    gc.freeze()
-    try:
-        if ns.single_threaded():
-            pid = ns.clone_box(flags)
-            if pid == 0:
-                init_main(plan)
-            return pid
-        pid = ns.fork_quietly()
+    """Start the box; return the pid the parent supervises (the init, or its forked parent)."""
+    if ns.single_threaded():
+        pid = ns.clone_box(flags)
         if pid == 0:
-            _relay_main(flags, plan)
+            init_main(plan)
         return pid
-    finally:
-        gc.unfreeze()
+    pid = ns.fork_quietly()
+    if pid == 0:
+        _relay_main(flags, plan)
+    return pid
 
 
 def _relay_main(flags: int, plan: Plan) -> NoReturn:
     """Fallback for a threaded parent: a forked, single-threaded child makes the clone."""
+    gc.freeze()  # see init_main
     try:
         ns.set_parent_death_signal(signal.SIGKILL)
         try:

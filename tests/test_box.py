@@ -476,3 +476,25 @@ def test_nested_tmpfs_paths() -> None:
     inner = f"/tmp/{token()}"
     assert Box(tmpfs=("/tmp", inner)).run(lambda: os.path.ismount(inner))
     assert not os.path.exists(inner)
+
+
+def test_the_parents_garbage_collector_keeps_working_across_boxes() -> None:
+    """Cyclic garbage the parent makes between boxes is collected by the automatic
+    collections (found: freezing the parent's heap around each clone moved its young
+    objects to the oldest generation every test, so no cycle was collected)."""
+    import weakref
+
+    class Node:
+        other: object = None
+
+    made = []
+    box = Box()
+    for _ in range(100):
+        box.run(int)
+        for _ in range(20):  # enough new objects between boxes for young collections
+            first, second = Node(), Node()
+            first.other, second.other = second, first
+            made.append(weakref.ref(first))
+            del first, second
+    alive = sum(ref() is not None for ref in made)
+    assert alive < len(made) // 2, f"{alive} of {len(made)} cycles not collected"
