@@ -73,6 +73,10 @@ _FREEZE_PATIENCE = 1.0  # most seconds freeze() waits for every task to freeze
 class CgroupUnavailable(Exception):
     """A limit was asked that this machine cannot enforce; the message names the fix."""
 
+    #: what was asked that cannot be held ("cpu=0.5", ...) and why, for a caller's message
+    unheld: tuple[str, ...] = ()
+    reasons: str = ""
+
 
 # --- small file helpers (no Python file objects: every box pays for these) -----------
 
@@ -633,7 +637,10 @@ def box_cgroup(options: BoxOptions, name: str | None = None) -> BoxCgroup | None
     note = None
     if problems:
         if not BEST_EFFORT:
-            raise CgroupUnavailable(_explain(session, problems, asked))
+            error = CgroupUnavailable(_explain(session, problems, asked))
+            error.unheld = tuple(asked[c] for c in problems if c in asked)
+            error.reasons = "; ".join(dict.fromkeys(problems.values()))
+            raise error
         rlimits, note = _best_effort(options, problems)
         for c in problems:
             asked.pop(c, None)

@@ -131,13 +131,29 @@ def _make_cgroup(options: BoxOptions) -> Any:
     except CgroupUnavailable as exc:
         from .box import current_box
 
-        if current_box() is not None:
-            raise BoxUnavailable(
-                "a box inside a box takes its limits from the cgroup subtree the outer box "
-                f"delegates to it, and that cannot hold this one: {exc}. Fix: leave the "
-                "limit off the inner box (the outer box's limits still hold), or run the "
-                "outer pytest where its boxes get cgroups (`pytest --nsbox-doctor`).") from None
+        outer = current_box()
+        if outer is not None:
+            raise BoxUnavailable(_nested_message(outer, exc)) from None
         raise BoxUnavailable(str(exc)) from None
+
+
+def _nested_message(outer: Any, exc: Exception) -> str:
+    """Why a box inside a box cannot have a limit, and what to change."""
+    unheld = ", ".join(getattr(exc, "unheld", ())) or "its limits"
+    if getattr(outer, "cgroup", None) is None:
+        return (f"a box inside a box cannot have {unheld}: the outer box has no cgroup to "
+                "give it (pytest's cgroups are not writable here; `pytest --nsbox-doctor` "
+                "says why). Fix: leave the limit off the inner box, or run pytest where its "
+                "boxes get cgroups.")
+    if "io=" in unheld and not getattr(outer.cgroup, "v2", True):
+        return (f"a box inside a box cannot have {unheld}: io limits do not nest on cgroup "
+                "v1 (its blk-throttle does not apply a parent's limit to its children). Fix: "
+                "put the io limit on the outer box, or run on cgroup v2.")
+    return (f"a box inside a box cannot have {unheld}: a box gets cgroups of the kinds its "
+            "outer box has (memory and pids always; cpu, cpuset and io where the outer box "
+            "has a limit of that kind), and delegates those. Fix: give the outer box a limit "
+            "of the same kind too (the inner one then holds below it), or leave it off the "
+            f"inner box. (Here: {getattr(exc, 'reasons', '') or exc}.)")
 
 
 def _account(outcome: Outcome, cgroup: Any) -> None:

@@ -185,9 +185,31 @@ def test_inner_limits_without_a_delegated_subtree_are_a_clear_unavailable(
 
     monkeypatch.setattr(supervise, "_make_cgroup", _no_cgroup_outside(supervise._make_cgroup))
     message = Box().run(inner)
-    assert message.startswith("a box inside a box takes its limits from the cgroup subtree"), \
-        message
+    assert message.startswith("a box inside a box cannot have memory=64 MiB: the outer box "
+                              "has no cgroup to give it"), message
     assert "--nsbox-doctor" in message
+
+
+def _inner_cpu_limit() -> str:
+    try:
+        Box(cpu=0.5).run(int)
+    except BoxUnavailable as exc:
+        return str(exc)
+    return "ran"
+
+
+@pytest.mark.nsbox(cpu=2.0)  # itself in a box with a cpu cgroup, --nsbox or not
+@pytest.mark.usefixtures("limits")
+def test_an_inner_box_has_limits_of_the_kinds_its_outer_box_has() -> None:
+    """The outer box gets (and delegates) a cpu cgroup only when it has a cpu limit."""
+    assert Box(cpu=1.0).run(_inner_cpu_limit) == "ran"
+    needs(cgroups.detect()["version"] != "v2",
+          "lacks: cgroup v1 (on v2 a session that enabled cpu once gives it to every box)")
+    message = Box().run(_inner_cpu_limit)
+    assert message.startswith("a box inside a box cannot have cpu=0.5: a box gets cgroups "
+                              "of the kinds its outer box has"), message
+    assert "give the outer box a limit of the same kind" in message
+    assert "cgcreate" not in message  # the fix for pytest's own cgroups does not apply
 
 
 def _no_cgroup_outside(real):  # type: ignore[no-untyped-def]
