@@ -212,6 +212,22 @@ def test_an_inner_box_has_limits_of_the_kinds_its_outer_box_has() -> None:
     assert "cgcreate" not in message  # the fix for pytest's own cgroups does not apply
 
 
+def _inner_io_limit() -> str:
+    try:
+        Box(io={"write_bps": "8M"}).run(int)
+    except BoxUnavailable as exc:
+        return str(exc)
+    return "ran"
+
+
+@pytest.mark.usefixtures("limits")
+def test_io_limits_do_not_nest_on_cgroup_v1() -> None:
+    needs(cgroups.detect()["version"] != "v2", "lacks: cgroup v1 (this is v1 blk-throttle's case)")
+    message = Box().run(_inner_io_limit)
+    assert message.startswith("a box inside a box cannot have io={write_bps=8388608}: io "
+                              "limits do not nest on cgroup v1"), message
+
+
 def _no_cgroup_outside(real):  # type: ignore[no-untyped-def]
     """The outer box gets no cgroup (as on a machine without writable cgroups)."""
     outer = os.stat("/proc/self/ns/pid").st_ino  # not the pid: every box's test is pid 2
