@@ -286,8 +286,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
                ("/tmp",), "paths that get a fresh private tmpfs", "PATHS", nullable=False),
     OptionSpec("devices", _path_list("devices", "device paths under /dev such as ['/dev/fuse'], "
                                      "or 'host' for the host's whole /dev", "/dev/"),
-               (), "devices the box sees beyond its minimal /dev (null, zero, full, random, "
-               "urandom, tty, pts, shm); 'host' keeps the host's /dev", "PATHS",
+               (), "devices the box sees and may open beyond its minimal /dev (null, zero, "
+               "full, random, urandom, tty, pts, shm; the kernel refuses the rest where "
+               "pytest may set device rules); 'host' keeps the host's /dev", "PATHS",
                nullable=False),
     OptionSpec("readonly", _boolean("readonly"), False,
                "whole file system read-only, except the tmpfs paths and pytest's tmp_path base",
