@@ -198,6 +198,7 @@ def _layout() -> _Layout:
             left, _, right = line.partition(" - ")
             fields, rfields = left.split(), right.split()
             # a mount whose root lies outside this cgroup namespace ("/..") is not ours
+            # (pytest in a container's cgroup namespace)
             if (len(rfields) >= 3 and rfields[0] in ("cgroup", "cgroup2")
                     and not fields[3].startswith("/..")):
                 mounts.append((rfields[0], fields[3], fields[4], set(rfields[2].split(","))))

@@ -34,7 +34,9 @@ __all__ = [
     "box_device_rules",
     "clear_cache",
     "filter_available",
+    "forget_inherited",
     "program_fd",
+    "program_fds",
     "v1_rules",
 ]
 
@@ -239,6 +241,11 @@ def program_fd(rules: tuple[DeviceRule, ...]) -> int:
     if fd is None:
         fd = _programs[rules] = _load(_compile(rules))
     return fd
+
+
+def program_fds() -> tuple[int, ...]:
+    """This process's loaded programs, for the box's init to close."""
+    return tuple(_programs.values()) if _programs_pid == os.getpid() else ()
 
 
 def forget_inherited() -> None:

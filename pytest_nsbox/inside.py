@@ -75,11 +75,6 @@ def init_main(plan: Plan) -> NoReturn:
         for fd in plan.join_fds:
             os.write(fd, b"0")
             os.close(fd)
-        if plan.join_fds:  # its cgroups are the root of what the box sees of cgroups
-            try:
-                ns.unshare(ns.CLONE_NEWCGROUP)
-            except ns.SetupFailed as exc:
-                send_unavailable(plan, exc.step, exc.errno or 0)
         # The test process is forked first and waits for the word to go: its own start
         # (page faults of a fresh fork) overlaps the namespace set-up on the other core.
         go_read, go_write = os.pipe()

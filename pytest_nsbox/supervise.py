@@ -51,7 +51,7 @@ def run_box(box: Box, target: Callable[[Callable[[Any], None]], None],
     cgroup = _make_cgroup(options)
     result_r, result_w = os.pipe()
     diag_r, diag_w = os.pipe()
-    plan = Plan(options, target, result_w, diag_w, (result_r, diag_r),
+    plan = Plan(options, target, result_w, diag_w, (result_r, diag_r, *_inherited_fds()),
                 box.keep_paths + process_paths(), box.writable_paths, box.frame_limit,
                 os.geteuid(), os.getegid(), cgroup, cgroup.join_fds if cgroup is not None else ())
     relay = relay_end = box_end = None
@@ -107,6 +107,13 @@ def run_box(box: Box, target: Callable[[Callable[[Any], None]], None],
 
 
 _process_paths: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+
+
+def _inherited_fds() -> tuple[int, ...]:
+    """fds of the parent's that its boxes must not keep: the eBPF device programs (with
+    one, and a cgroup directory it can open, a box could detach its own filter)."""
+    devfilter = sys.modules.get(f"{__package__}.devfilter")
+    return devfilter.program_fds() if devfilter is not None else ()
 
 
 def process_paths() -> tuple[str, ...]:

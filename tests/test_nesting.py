@@ -108,14 +108,52 @@ def test_an_inner_box_gets_a_pids_limit_of_its_own() -> None:
     assert 0 < inner < 8  # the inner box's init and test process count too
 
 
+def _mount_errors() -> dict[str, int]:
+    """Try to mount each cgroup file system; {kind: errno, 0 if it mounted}."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    os.makedirs("/tmp/cg", exist_ok=True)
+    found = {}
+    for kind, fstype, data in (("v2", b"cgroup2", None), ("v1 cpu", b"cgroup", b"cpu"),
+                               ("v1 devices", b"cgroup", b"devices")):
+        status = libc.mount(b"none", b"/tmp/cg", fstype, 0, data)
+        found[kind] = 0 if status == 0 else ctypes.get_errno()
+        if status == 0:
+            libc.umount2(b"/tmp/cg", 2)
+    return found
+
+
 @pytest.mark.usefixtures("limits")
-def test_a_box_sees_its_cgroups_as_the_root_of_a_cgroup_namespace() -> None:
-    text = Box(memory="64M").run(lambda: open("/proc/self/cgroup").read())
-    v2 = cgroups.detect()["version"] == "v2"
-    own = [line for line in text.splitlines()
-           if (line.startswith("0::") if v2 else ":memory:" in line)]
-    assert own and all(line.endswith(":/") for line in own), text
-    assert "nsbox" not in text
+def test_a_box_cannot_mount_a_cgroup_file_system() -> None:
+    """Found by review: a cgroup namespace of the box's own let it mount every hierarchy,
+    see pytest's cgroups where it had none of its own, and write cgroup.kill there."""
+    for options in ({}, {"memory": "64M"}, {"user": "root", "memory": "64M"}):
+        found = Box(**options).run(_mount_errors)
+        assert set(found.values()) <= {errno.EPERM, errno.EBUSY}, (options, found)
+        assert errno.EPERM in found.values(), (options, found)
+
+
+def _bpf_program_fds() -> list[str]:
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            links.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass
+    return [link for link in links if "bpf-prog" in link]
+
+
+@pytest.mark.nsbox(enabled=False)  # loads a program in pytest's own process
+def test_a_box_holds_no_device_program_of_its_parent() -> None:
+    """With the parent's program fd and its own cgroup directory a box could detach its
+    device filter (found by review); the init closes them."""
+    from pytest_nsbox import devfilter
+
+    needs(devfilter.filter_available(), "lacks: bpf(BPF_PROG_LOAD) of a cgroup device program")
+    assert _bpf_program_fds()  # loaded here
+    assert Box().run(_bpf_program_fds) == []
+    assert Box(memory="64M").run(_bpf_program_fds) == []
 
 
 def _lift_then_hog() -> tuple[list[str], int]:
