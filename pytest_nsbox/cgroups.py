@@ -674,10 +674,12 @@ def box_cgroup(options: BoxOptions, name: str | None = None) -> BoxCgroup | None
             fds.append(os.open(f"{shown[-1][0]}/cgroup.procs", _W))  # the innermost
         if devices_dir is not None:
             fds.append(os.open(f"{devices_dir}/cgroup.procs", _W))
-    except OSError as exc:
+    except (OSError, CgroupUnavailable) as exc:  # a limit refused half-way: undo it all
         for fd in fds:
             os.close(fd)
         BoxCgroup(made, v2).remove()
+        if isinstance(exc, CgroupUnavailable):
+            raise
         raise CgroupUnavailable(
             f"cannot set up the box's cgroup under {next(iter(dirs.values()))}: "
             f"{exc.filename or ''}: {os.strerror(exc.errno or 0)}") from None
@@ -755,6 +757,9 @@ def _v1_devices_parent(session: _Session, extra: tuple[str, ...]) -> str | None:
     made = session.device_parents.get(extra)
     if made is not None or extra in session.device_parents:
         return made
+    from .devfilter import v1_rules
+
+    rules = v1_rules(_device_rules(extra))  # a device missing now is an error each time
     session.device_parents[extra] = None
     own = session.layout.v1.get("devices")
     if own is None or any(d == own for c, d in session.layout.v1.items() if c != "devices"):
@@ -762,9 +767,6 @@ def _v1_devices_parent(session: _Session, extra: tuple[str, ...]) -> str | None:
     top = session.session_dir(own)
     if top is None:
         return None
-    from .devfilter import v1_rules
-
-    rules = v1_rules(_device_rules(extra))
     path = f"{top}/{DEVICES_PREFIX}{len(session.device_parents)}"
     try:
         os.mkdir(path)
@@ -800,7 +802,7 @@ def _attach_device_filter(session: _Session, path: str, rules: Any) -> None:
     try:
         attach_filter(path, rules)
     except OSError as exc:  # no CAP_SYS_ADMIN (a user, or a box inside a box): noted once
-        session.failed["devfilter"] = f"cannot load an eBPF device filter: {exc}"
+        session.failed["devfilter"] = f"cannot load or attach an eBPF device filter: {exc}"
 
 
 def _v2_parents(session: _Session, asked: dict[str, str]
@@ -841,7 +843,7 @@ def _write_limits(session: _Session, path: str, parent: str, controllers: list[s
         try:
             _write(f"{path}/cpuset.cpus", options.cpuset.encode())
         except OSError as exc:
-            if exc.errno == errno.EINVAL:
+            if exc.errno in (errno.EINVAL, errno.ERANGE):  # ERANGE: past the last CPU
                 allowed = _read(f"{parent}/cpuset.cpus").decode().strip()
                 raise CgroupUnavailable(f"cpuset={options.cpuset!r} is not among the CPUs "
                                         f"this process may use ({allowed})") from None

@@ -649,8 +649,11 @@ def _device_check(facts: dict[str, Any], v2: bool) -> Check:
                          "box's cgroup", method=how)
     else:
         how = "file: /proc/self/mountinfo (a devices hierarchy of its own), its access"
-        devices = facts.get("v1", {}).get("devices")
-        if devices and devices["writable"]:
+        v1 = facts.get("v1", {})
+        devices = v1.get("devices")
+        shared = devices and any(c != "devices" and d["path"] == devices["path"]
+                                 for c, d in v1.items())  # mounted with other controllers
+        if devices and devices["writable"] and not shared:
             return Check("device control", PASS, "each box joins a v1 devices cgroup that "
                          "allows only its devices", method=how)
     if os.geteuid() != 0:

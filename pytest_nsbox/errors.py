@@ -105,7 +105,7 @@ class MemoryLimitExceeded(BoxError):
             super().__init__(
                 f"was killed by the kernel's OOM killer at {format_size(peak)}, below its own "
                 f"memory limit of {format_size(limit)}: a cgroup around it (an outer box's "
-                "limit, or pytest's own cgroup) ran out of memory")
+                "limit, or pytest's own cgroup) or the machine ran out of memory")
             return
         peak_text = f" (peak {format_size(peak)})" if peak is not None else ""
         super().__init__(f"exceeded its memory limit of {format_size(limit)}{peak_text}")

@@ -139,7 +139,7 @@ def _make_cgroup(options: BoxOptions) -> Any:
         from .box import current_box
 
         outer = current_box()
-        if outer is not None:
+        if outer is not None and exc.unheld:  # else not about nesting (a tmpfs io path)
             raise BoxUnavailable(_nested_message(outer, exc)) from None
         raise BoxUnavailable(str(exc)) from None
 
@@ -147,7 +147,7 @@ def _make_cgroup(options: BoxOptions) -> Any:
 def _nested_message(outer: Any, exc: Exception) -> str:
     """Why a box inside a box cannot have a limit, and what to change."""
     unheld = ", ".join(getattr(exc, "unheld", ())) or "its limits"
-    if getattr(outer, "cgroup", None) is None:
+    if not getattr(outer.cgroup, "paths", ()):  # none, or best-effort rlimits only
         return (f"a box inside a box cannot have {unheld}: the outer box has no cgroup to "
                 "give it (pytest's cgroups are not writable here; `pytest --nsbox-doctor` "
                 "says why). Fix: leave the limit off the inner box, or run pytest where its "

@@ -447,3 +447,20 @@ def test_best_effort_gives_rlimits_where_cgroups_cannot(monkeypatch: pytest.Monk
     assert kinds[resource.RLIMIT_AS] > 64 * MiB
     assert box.join_fds == ()
     box.remove()
+
+
+@needs_cgroups
+def test_a_limit_refused_half_way_leaves_no_fd_or_cgroup() -> None:
+    """cpuset is written after the memory, cpuacct and pids directories are made and their
+    join fds opened; its refusal must undo them (found by review: 3 fds and the box's
+    directories were left per refused box)."""
+    fds = set(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        with pytest.raises(cgroups.CgroupUnavailable,
+                           match=r"cpuset='99' is not among the CPUs this process may use"):
+            cgroups.box_cgroup(BoxOptions(memory=64 * MiB, cpuset="99"))
+    assert set(os.listdir("/proc/self/fd")) == fds
+    session = cgroups._get_session()
+    left = [entry for path in session.dirs.values() for entry in os.listdir(path)
+            if entry.startswith("box-")]
+    assert left == []

@@ -266,6 +266,21 @@ def test_io_limits_do_not_nest_on_cgroup_v1() -> None:
                               "limits do not nest on cgroup v1"), message
 
 
+def _inner_io_on_a_tmpfs() -> str:
+    try:
+        Box(io={"path": "/tmp", "write_bps": "8M"}).run(int)
+    except BoxUnavailable as exc:
+        return str(exc)
+    return "ran"
+
+
+@pytest.mark.usefixtures("limits")
+def test_an_inner_error_that_is_not_about_nesting_keeps_its_own_message() -> None:
+    message = Box().run(_inner_io_on_a_tmpfs)
+    assert not message.startswith("a box inside a box"), message
+    assert "give io a 'path' on a disk-backed file system" in message, message
+
+
 def _no_cgroup_outside(real):  # type: ignore[no-untyped-def]
     """The outer box gets no cgroup (as on a machine without writable cgroups)."""
     outer = os.stat("/proc/self/ns/pid").st_ino  # not the pid: every box's test is pid 2
