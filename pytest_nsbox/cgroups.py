@@ -364,8 +364,8 @@ class BoxCgroup:
     """The cgroup (v2) or cgroups (v1, one per hierarchy) of one box."""
 
     def __init__(self, dirs: dict[str, str], v2: bool, join_fds: tuple[int, ...] = (),
-                 rlimits: tuple[tuple[int, int], ...] = (), best_effort: str | None = None
-                 ) -> None:
+                 rlimits: tuple[tuple[int, int], ...] = (), best_effort: str | None = None,
+                 views: tuple[tuple[str, bool], ...] = ()) -> None:
         #: controller -> directory ("" -> the one v2 directory)
         self.dirs = dirs
         self.v2 = v2
@@ -375,9 +375,10 @@ class BoxCgroup:
         #: what was not enforced through cgroups, for the report (best-effort mode)
         self.best_effort = best_effort
         #: (directory, writable) the box is shown under /sys/fs/cgroup, outer first
-        self.views: tuple[tuple[str, bool], ...] = ()
+        self.views = views
         #: the delegated children its processes joined (below `paths`)
-        self.joined: tuple[str, ...] = ()
+        self.joined = tuple(path for path, writable in views
+                            if writable and path.endswith("/" + DELEGATED))
         self._removed = False
         self._frozen = False
 
@@ -440,7 +441,7 @@ class BoxCgroup:
             return _keyed(f"{d}/memory.events").get("oom_kill", 0) > 0
         # v1 counts a kill where the victim was (not in its ancestors): the delegated child too
         return any(_keyed(f"{top}/memory.oom_control").get("oom_kill", 0) > 0
-                   for top in (d, f"{d}/{DELEGATED}") if os.path.isdir(top))
+                   for top in (d, *(j for j in self.joined if j.startswith(d + "/"))))
 
     def freeze(self, patience: float = _FREEZE_PATIENCE) -> str:
         """Freeze every process of the box; "" once frozen, else why it is not (yet).
@@ -683,11 +684,7 @@ def box_cgroup(options: BoxOptions, name: str | None = None) -> BoxCgroup | None
         raise CgroupUnavailable(
             f"cannot set up the box's cgroup under {next(iter(dirs.values()))}: "
             f"{exc.filename or ''}: {os.strerror(exc.errno or 0)}") from None
-    cgroup = BoxCgroup(made, v2, tuple(fds), rlimits, note)
-    cgroup.views = tuple(views)
-    cgroup.joined = tuple(path for path, writable in views
-                          if writable and path.endswith("/" + DELEGATED))
-    return cgroup
+    return BoxCgroup(made, v2, tuple(fds), rlimits, note, tuple(views))
 
 
 def _limit_and_delegate(session: _Session, path: str, parent: str, controllers: list[str],
