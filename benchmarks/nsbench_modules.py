@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-WATCHED = ("pyroute2", "pytest_nsbox.plugin", "pytest_nsbox.box", "cloudpickle")
+WATCHED = ("pyroute2", "pytest_nsbox.plugin", "pytest_nsbox.box.api", "cloudpickle")
 
 
 def pytest_unconfigure(config: object) -> None:

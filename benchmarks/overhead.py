@@ -37,6 +37,17 @@ FORKED_VENV = HERE / ".venv-forked"
 FORKED_PINS = ("pytest==9.1.1", "pytest-forked==1.7.5")
 WORK = HERE / ".work"
 LOADS: list[float] = []  # 1-minute load average after each round: other work on the machine
+#: CPU seconds the whole machine spent during the last run_pytest (every process and the
+#: kernel's own work, such as namespace teardown in its workqueues): /proc/stat
+LAST_CPU: list[float] = [0.0]
+
+
+def machine_cpu_seconds() -> float:
+    """Busy CPU time of the whole machine so far (user, nice, system, irq, softirq, steal)."""
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()[1:]
+    busy = sum(int(fields[i]) for i in (0, 1, 2, 5, 6, 7) if i < len(fields))
+    return busy / os.sysconf("SC_CLK_TCK")
 NSBOX_SRC: str | None = None  # a directory put first on PYTHONPATH (see --nsbox-src)
 
 NSBOX = ["-p", "pytest_nsbox.plugin", "--nsbox"]
@@ -46,6 +57,7 @@ FULL = [*NSBOX, "--nsbox-memory=256M", "--nsbox-pids=64"]
 # /proc and /dev/shm are always there.
 LIGHT = [*NSBOX, "-p", "nsbench_light", "--nsbox-net=host", "--nsbox-user=host"]
 FLOOR = ["-p", "nsbench_floor", "--floor"]
+SERVER = ["-p", "nsbench_server"]  # the session runs a server (see nsbench_server.py)
 FORKED = ["-p", "pytest_forked", "--forked"]
 
 TARGETS = {
@@ -65,6 +77,7 @@ class Mode:
     baseline: str | None  # the mode whose wall is subtracted (None: this is a baseline)
     hold_mb: int = 0
     walls: list[float] = field(default_factory=list)
+    cpus: list[float] = field(default_factory=list)  # machine CPU seconds of each run
 
 
 def run_pytest(python: str, args: list[str], cwd: Path, hold_mb: int = 0,
@@ -78,9 +91,10 @@ def run_pytest(python: str, args: list[str], cwd: Path, hold_mb: int = 0,
         env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     env.update(extra_env or {})
     cmd = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "nsbench_hold", *args]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), machine_cpu_seconds()
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
+    LAST_CPU[0] = machine_cpu_seconds() - cpu
     out = proc.stdout + proc.stderr
     if expect is not None and (proc.returncode != 0 or not re.search(expect, out)):
         tail = "\n".join(out.splitlines()[-30:])
@@ -141,6 +155,16 @@ def build_modes(python: str, forked_python: str | None, hold_mb: int) -> list[Mo
         Mode("light", "nsbox, lightest options (no userns, net=host, no tmpfs)", python, LIGHT,
              "plain"),
         Mode("floor", "floor: bare fork + pipe + pickle", python, FLOOR, "plain"),
+        # what the session-fixture features cost a box: the overlay on /tmp (full boxes
+        # have it; this mode has an empty tmpfs), and the relay of a session's server
+        Mode("full-empty", "nsbox full boxes, tmpfs_mode=empty (no overlay)", python,
+             [*FULL, "--nsbox-tmpfs-mode=empty"], "plain"),
+        Mode("plain+server", "plain pytest, a session server listening", python, SERVER,
+             None),
+        Mode("full+server", "nsbox full boxes, the session's server relayed (auto_forward)",
+             python, [*FULL, *SERVER], "plain+server"),
+        Mode("full+server-off", "nsbox full boxes, a session server, auto_forward=False",
+             python, [*FULL, *SERVER, "--nsbox-auto-forward=false"], "plain+server"),
     ]
     if forked_python:
         modes += [
@@ -183,6 +207,7 @@ def measure_overhead(modes: list[Mode], suite: Path, count: int, rounds: int,
         for mode in order:
             wall, _ = run_pytest(mode.python, mode.args, suite, mode.hold_mb, expect)
             mode.walls.append(wall)
+            mode.cpus.append(LAST_CPU[0])
         LOADS.append(os.getloadavg()[0])
         print(f"round {r + 1}/{rounds} (load {LOADS[-1]:.1f}): " + ", ".join(
             f"{m.name}={m.walls[-1]:.2f}s" for m in modes), flush=True)
@@ -199,6 +224,8 @@ def measure_overhead(modes: list[Mode], suite: Path, count: int, rounds: int,
             entry["overhead_ms_min"] = min(per_round)
             entry["overhead_ms_max"] = max(per_round)
             entry["baseline"] = mode.baseline
+            entry["cpu_ms"] = median([(c - b) / count * 1000
+                                      for c, b in zip(mode.cpus, base.cpus)])
         results[mode.name] = entry  # type: ignore[assignment]
     return results
 
@@ -219,6 +246,19 @@ def ratios(results: dict[str, dict[str, float]]) -> dict[str, float | None]:
         "full_vs_floor@hold": ratio("full@hold", "floor@hold"),
         "light_vs_floor@hold": ratio("light@hold", "floor@hold"),
     }
+
+
+def feature_costs(results: dict[str, dict[str, float]]) -> dict[str, float | None]:
+    """ms per box of the overlay on /tmp and of relaying a session's server."""
+
+    def diff(a: str, b: str) -> float | None:
+        if a in results and b in results and "overhead_ms" in results[a]:
+            return results[a]["overhead_ms"] - results[b]["overhead_ms"]
+        return None
+
+    return {"tmp_overlay_ms": diff("full", "full-empty"),
+            "auto_forward_ms": diff("full+server", "full+server-off"),
+            "auto_forward_no_server_ms": diff("full", "full+server-off")}
 
 
 # -- start-up and imports -------------------------------------------------------------
@@ -425,20 +465,27 @@ def render(data: dict[str, object]) -> str:
         "pytest in the same venv, same round, same memory held) / N, median over rounds "
         "(min-max in brackets).",
         "",
-        "| mode | wall (median) | overhead per test |",
-        "|---|---:|---:|",
+        "The last column is the CPU time the whole machine spent per test beyond plain "
+        "pytest (every process, and the kernel's own work such as tearing namespaces down "
+        "in its workqueues; /proc/stat): on these 2 cores a mode cannot take less wall "
+        "than half its CPU.",
+        "",
+        "| mode | wall (median) | overhead per test | machine CPU per test |",
+        "|---|---:|---:|---:|",
     ]
     for name, entry in res.items():
         over = ("baseline" if "overhead_ms" not in entry else
                 f"{entry['overhead_ms']:.2f} ms ({entry['overhead_ms_min']:.2f}-"
                 f"{entry['overhead_ms_max']:.2f})")
-        lines.append(f"| {entry['label']} | {entry['wall_median_s']:.2f} s | {over} |")
+        cpu = f"{entry['cpu_ms']:.2f} ms" if "cpu_ms" in entry else ""
+        lines.append(f"| {entry['label']} | {entry['wall_median_s']:.2f} s | {over} | {cpu} |")
     loads = data.get("load_averages") or []
     if loads and max(loads) > 1.5:
-        lines += ["", f"Note: the machine was busy with other work during this run (1-minute "
-                  f"load average after each round: {', '.join(f'{x:.1f}' for x in loads)}; "
-                  "these runs alone keep it near 1). Interleaving keeps the ratios fair, but the "
-                  "absolute figures are higher than on a quiet machine."]
+        lines += ["", f"Note: 1-minute load average after each round: "
+                  f"{', '.join(f'{x:.1f}' for x in loads)}. Boxed runs alone raise it (pytest's "
+                  "test process, the box maker and the kernel's workers are runnable at once); "
+                  "other work on the machine would too. Interleaving keeps the ratios fair; "
+                  "absolute figures are higher under other work."]
     lines += [
         "",
         "| ratio of per-test overheads | measured | target | |",
@@ -456,6 +503,16 @@ def render(data: dict[str, object]) -> str:
         f"{fmt(rat['full_vs_forked@hold'])} | <= 1.0 | {verdict(rat['full_vs_forked@hold'], 1.0)} |",
         f"| lightest boxes / floor, {cfg['hold_mb']} MB held | {fmt(rat['light_vs_floor@hold'])} | | |",
     ]
+    fc = data.get("feature_costs")
+    if isinstance(fc, dict):
+        lines += [
+            "",
+            "What the session-fixture features add to a full box (differences of the "
+            "overheads above): the overlay on `/tmp` (full vs `tmpfs_mode=empty`) "
+            f"{fmt(fc['tmp_overlay_ms'])} ms; relaying a session's server (auto_forward on "
+            f"vs off, a server listening) {fmt(fc['auto_forward_ms'])} ms; finding no server "
+            f"to relay {fmt(fc['auto_forward_no_server_ms'])} ms.",
+        ]
     xd = data.get("xdist")
     if isinstance(xd, dict):
         med = xd["median_s"]
@@ -522,8 +579,9 @@ def cgroups_wired(python: str) -> bool:
     env = dict(os.environ, PYTHONPATH=NSBOX_SRC or "")
     code = ("import importlib.util, pathlib, pytest_nsbox as p; "
             "d = pathlib.Path(p.__file__).parent; "
-            "print(importlib.util.find_spec('pytest_nsbox.cgroups') is not None and "
-            "'cgroups' in ((d / 'supervise.py').read_text() + (d / 'inside.py').read_text()))")
+            "print(importlib.util.find_spec('pytest_nsbox.resources.cgroups') is not None and "
+            "'cgroups' in ''.join(f.read_text() for n in ('supervise.py', 'inside.py') "
+            "for f in d.rglob(n)))")
     out = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env,
                          cwd="/", check=False).stdout
     return out.strip() == "True"
@@ -564,6 +622,10 @@ def main() -> None:
     parser.add_argument("--startup-repeats", type=int, default=40)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/performance.md")
+    parser.add_argument("--modes", default="", help="only these modes (comma-separated names; "
+                        "their baselines come along), e.g. full,full-empty")
+    parser.add_argument("--no-extras", action="store_true",
+                        help="only the per-test overheads: no start-up, xdist or docs")
     parser.add_argument("--json", default=str(HERE / "results.json"))
     parser.add_argument(
         "--nsbox-src", default="HEAD", metavar="HEAD|worktree|DIR",
@@ -592,6 +654,10 @@ def main() -> None:
     suite = WORK / "trivial"
     write_suite(suite, args.tests)
     modes = build_modes(python, forked_python, args.hold_mb)
+    if args.modes:
+        wanted = set(args.modes.split(","))
+        modes = [m for m in modes if m.name in wanted or (m.baseline is None and any(
+            n.baseline == m.name for n in modes if n.name in wanted))]
     print(f"{len(modes)} modes x {args.rounds} rounds on {args.tests} tests", flush=True)
 
     data: dict[str, object] = {
@@ -604,6 +670,13 @@ def main() -> None:
     data["config"]["nsbox_source"] = source  # type: ignore[index]
     data["overhead"] = measure_overhead(modes, suite, args.tests, args.rounds, args.seed)
     data["ratios"] = ratios(data["overhead"])  # type: ignore[arg-type]
+    data["feature_costs"] = feature_costs(data["overhead"])  # type: ignore[arg-type]
+    if args.no_extras:
+        print(json.dumps({"overhead_ms": {k: v.get("overhead_ms") for k, v in
+                                          data["overhead"].items()},  # type: ignore[attr-defined]
+                          "ratios": data["ratios"], "feature_costs": data["feature_costs"]},
+                         indent=2))
+        return
     print("start-up ...", flush=True)
     data["startup"] = measure_startup(python, args.startup_repeats)
     data["imports"] = measure_imports(python)

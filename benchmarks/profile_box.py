@@ -82,93 +82,56 @@ class _OsProxy(types.ModuleType):
 
 
 def install(nsbox_src: str | None) -> dict[str, Any]:
-    """Import pytest_nsbox and wrap the steps of a box with probes; return its modules."""
+    """Import pytest_nsbox and wrap the steps of a box with probes; return its modules.
+
+    The one-copy core: pytest takes a box its maker made ahead (`spawn.take`), forks the
+    test process into it (`spawn.start`), which joins the box (`test_process_main`) and
+    runs the target; the box's init is killed at the end (`spawn.end`). What the maker
+    and the init do runs in another process, off this path, and is not stamped here.
+    """
     if nsbox_src:
         sys.path.insert(0, nsbox_src)
-    import pytest_nsbox.box as box
-    import pytest_nsbox.channel as channel
-    import pytest_nsbox.inside as inside
-    import pytest_nsbox.namespaces as ns
-    import pytest_nsbox.supervise as supervise
+    import pytest_nsbox.box.api as box
+    import pytest_nsbox.box.channel as channel
+    import pytest_nsbox.box.inside as inside
+    import pytest_nsbox.box.namespaces as ns
+    import pytest_nsbox.box.spawn as spawn
+    import pytest_nsbox.box.supervise as supervise
 
     # parent
     supervise.run_box = span("run_box", supervise.run_box)
     supervise._preload = span("preload", supervise._preload)
-    ns.single_threaded = span("single_threaded", ns.single_threaded)
-    if hasattr(supervise, "_spawn"):
-        supervise._spawn = span("spawn", supervise._spawn)
-    ns.clone_box = span("clone", ns.clone_box)
+    supervise._auto_forwards = span("auto_forwards", supervise._auto_forwards)
+    spawn.take = span("take", spawn.take)
+    spawn._receive = span("receive", spawn._receive)
+    spawn.ask = span("ask", spawn.ask)
+    spawn.prefetch = span("prefetch", spawn.prefetch)
+    spawn.tidy = span("tidy", spawn.tidy)
+    spawn.end = span("end", spawn.end)
+    spawn.start = span("start", spawn.start)
     supervise._supervise = span("supervise", supervise._supervise)
     channel.FrameDecoder.feed = span("decode", channel.FrameDecoder.feed)  # type: ignore[method-assign]
-
     sup_os = _OsProxy("os")
     sup_os.wait4 = span("wait4", os.wait4)  # type: ignore[attr-defined]
-    sup_os.pipe = span("pipe", os.pipe)  # type: ignore[attr-defined]
     supervise.os = sup_os  # type: ignore[attr-defined]
-
-    # the box's init (pid 1)
-    real_init = inside.init_main
-
-    def init_main(plan: Any) -> Any:
-        _become("init")
-        stamp("init_entry")
-        return real_init(plan)
-
-    supervise.init_main = init_main
-    if hasattr(supervise, "_relay_main"):
-        real_relay = supervise._relay_main
-
-        def relay_main(flags: int, plan: Any) -> Any:
-            _become("relay")
-            stamp("relay_entry")
-            return real_relay(flags, plan)
-
-        supervise._relay_main = relay_main
-    for name in ("write_id_maps", "make_mounts_private", "mount_proc", "mount_tmpfs",
-                 "bind_back", "make_writable", "make_readonly", "set_hostname",
-                 "bring_loopback_up", "set_parent_death_signal"):
-        if hasattr(ns, name):
-            setattr(ns, name, span(name, getattr(ns, name)))
-    inside.prepare = span("prepare", inside.prepare)
-    inside._open_dirs = span("open_dirs", inside._open_dirs)
-    inside._ignore_python_handlers = span("ignore_handlers", inside._ignore_python_handlers)
-
-    in_os = _OsProxy("os")
-
-    def fork() -> int:
+    def fork_quietly() -> int:
         stamp("fork>")
-        pid = os.fork()
+        pid = ns.fork_quietly()
         if pid == 0:
+            _become("test")
             stamp("fork_child")
         else:
             stamp("fork<")
         return pid
 
-    def waitpid(pid: int, options: int) -> tuple[int, int]:
-        result = os.waitpid(pid, options)
-        stamp("waitpid_return")
-        return result
+    spawn.ns = _NsProxy(ns, fork_quietly)  # type: ignore[attr-defined]
 
-    def _exit(code: int) -> None:
-        stamp(f"exit_{_role[0]}")
-        _flush()
-        os._exit(code)
-
-    in_os.fork = fork  # type: ignore[attr-defined]
-    in_os.waitpid = waitpid  # type: ignore[attr-defined]
-    in_os._exit = _exit  # type: ignore[attr-defined]
-    in_os.setsid = span("setsid", os.setsid)  # type: ignore[attr-defined]
-    inside.os = in_os  # type: ignore[attr-defined]
-    if hasattr(supervise, "_relay_main"):
-        sup_os._exit = _exit  # type: ignore[attr-defined]
-        sup_os.fork = fork  # type: ignore[attr-defined]
-        sup_os.waitpid = waitpid  # type: ignore[attr-defined]
-
-    # the test process (pid 2)
+    # the test process: joining the box, then the test
+    inside.ns = _NsProxy(ns, None, {"setns": span("setns", ns.setns),
+                                    "clone_vm": span("clone_vm", ns.clone_vm)})  # type: ignore[attr-defined]
     real_test = inside.test_main
 
-    def test_main(plan: Any, saved: Any) -> Any:
-        _become("test")
+    def test_main(plan: Any) -> Any:
         stamp("test_entry")
         real_target = plan.target
 
@@ -180,24 +143,44 @@ def install(nsbox_src: str | None) -> dict[str, Any]:
                 stamp("target<")
 
         plan.target = target
-        return real_test(plan, saved)
+        return real_test(plan)
 
     inside.test_main = test_main
+    in_os = _OsProxy("os")
+
+    def _exit(code: int) -> None:
+        stamp(f"exit_{_role[0]}")
+        _flush()
+        os._exit(code)
+
+    in_os._exit = _exit  # type: ignore[attr-defined]
+    in_os.setsid = span("setsid", os.setsid)  # type: ignore[attr-defined]
+    inside.os = in_os  # type: ignore[attr-defined]
     inside.encode_frame = span("encode_frame", inside.encode_frame)
     inside.write_frame = span("write_frame", inside.write_frame)
-    if hasattr(box, "encode_frame"):  # an older box.py pickled return values twice
-        box.encode_frame = span("check_pickle", box.encode_frame)
 
     import faulthandler
 
     faulthandler.enable = span("faulthandler", faulthandler.enable)  # type: ignore[assignment]
     faulthandler.register = span("faulthandler_reg", faulthandler.register)  # type: ignore[assignment]
-    return {"box": box, "supervise": supervise, "inside": inside, "ns": ns}
+    return {"box": box, "supervise": supervise, "inside": inside, "ns": ns, "spawn": spawn}
+
+
+class _NsProxy:
+    """A stand-in for the namespaces package in one module: some functions probed."""
+
+    def __init__(self, ns: Any, fork: Any, more: dict[str, Any] | None = None) -> None:
+        self._ns, self._more = ns, dict(more or {})
+        if fork is not None:
+            self._more["fork_quietly"] = fork
+
+    def __getattr__(self, name: str) -> Any:
+        return self._more.get(name) or getattr(self._ns, name)
 
 
 def install_protocol() -> None:
     """Probes on the pytest side: the boxed runtest protocol in the parent and in the box."""
-    import pytest_nsbox.protocol as protocol
+    import pytest_nsbox.plugin.protocol as protocol
 
     entry = "boxed_runtestprotocol" if hasattr(protocol, "boxed_runtestprotocol") else "run_boxed"
     real_run_boxed = getattr(protocol, entry)
@@ -278,59 +261,41 @@ def row(side: str, label: str) -> Callable[[Callable[[dict[str, list[int]]], int
 # its side says "(within)": a part of the row above it.
 row("pytest", "run_boxed: shared fixtures (_setup_shared)")(lambda s: _spans(s, "setup_shared"))
 row("pytest", "run_boxed: Box(options, paths) construction")(lambda s: _spans(s, "Box()"))
-row("parent", "run_box start -> clone(): pipes, Plan, preload, thread check")(
-    lambda s: _diff(_first(s, "run_box>"), _first(s, "clone>") or _first(s, "fork>")))
-row("(within)", "  /proc/self/task listing (single_threaded)")(lambda s: _spans(s, "single_threaded"))
-row("(within)", "  _preload")(lambda s: _spans(s, "preload"))
-row("kernel", "clone(all ns flags) -> init runs")(
-    lambda s: _diff(_first(s, "clone>"), _first(s, "init_entry")))
-row("(within)", "  clone() as seen by the parent (returns)")(lambda s: _spans(s, "clone"))
-row("init", "init: close fds, pdeathsig, setsid")(
-    lambda s: _diff(_first(s, "init_entry"), _first(s, "prepare>")))
-for step, label in (("write_id_maps", "uid/gid maps (3 writes)"),
-                    ("make_mounts_private", "mount --make-rprivate /"),
-                    ("open_dirs", "open kept/writable dirs (O_PATH)"),
-                    ("make_readonly", "read-only root (mount_setattr)"),
-                    ("mount_proc", "mount /proc"),
-                    ("mount_tmpfs", "tmpfs mounts (/tmp, /dev/shm)"),
-                    ("bind_back", "bind kept paths back under the tmpfs"),
-                    ("make_writable", "writable paths (bind + mount_setattr)"),
-                    ("set_hostname", "sethostname"),
-                    ("bring_loopback_up", "lo up (ioctl)")):
-    row("init", f"prepare: {label}")(lambda s, step=step: _spans(s, step))  # type: ignore[misc]
-row("init", "prepare: the rest (Python between the steps)")(
-    lambda s: None if _spans(s, "prepare") is None else _spans(s, "prepare") - sum(  # type: ignore[operator]
-        _spans(s, k) or 0 for k in ("write_id_maps", "make_mounts_private", "open_dirs",
-                                    "make_readonly", "mount_proc", "mount_tmpfs", "bind_back",
-                                    "make_writable", "set_hostname", "bring_loopback_up")))
-row("init", "init: prepare end -> fork (signal handlers)")(
-    lambda s: _diff(_last(s, "prepare<"), _last(s, "fork>")))
-row("kernel", "fork() of the test process -> test runs")(
-    lambda s: _diff(_last(s, "fork>"), _first(s, "test_entry")))
-row("(within)", "  fork() as seen by the init (returns)")(
-    lambda s: _diff(_last(s, "fork>"), _last(s, "fork<")))
-row("test", "test: entry -> target (handlers, faulthandler x2, context)")(
+row("parent", "run_box start -> take (preload, listeners)")(
+    lambda s: _diff(_first(s, "run_box>"), _first(s, "take>")))
+row("parent", "take: the box made ahead (or ask and wait), tidy up the last ones")(
+    lambda s: _spans(s, "take"))
+row("(within)", "  ask the maker now (no box made ahead fitted)")(lambda s: _spans(s, "ask"))
+row("(within)", "  receive the maker's reply (waits when the box is not ready)")(
+    lambda s: _spans(s, "receive"))
+row("(within)", "  tidy: cgroups of boxes whose init is gone")(lambda s: _spans(s, "tidy"))
+row("parent", "take -> fork (Plan, relay)")(
+    lambda s: _diff(_last(s, "take<"), _first(s, "fork>")))
+row("kernel", "fork() of the test process -> the child runs")(
+    lambda s: _diff(_first(s, "fork>"), _first(s, "fork_child")))
+row("(within)", "  fork() as seen by the parent (returns)")(
+    lambda s: _diff(_first(s, "fork>"), _first(s, "fork<")))
+row("test", "test: join (close fds, setsid, cgroup, setns, chdir)")(
+    lambda s: _diff(_first(s, "fork_child"), _first(s, "test_entry")))
+row("(within)", "  setns(pidfd) into the box's namespaces")(lambda s: _spans(s, "setns"))
+row("test", "test: entry -> target (faulthandler, context, coverage)")(
     lambda s: _diff(_first(s, "test_entry"), _first(s, "target>")))
 row("test", "target: the test / fn itself, reports, pickling, writing")(
     lambda s: _diff(_first(s, "target>"), _last(s, "target<")))
 row("(within)", "  _in_box: setup+call+teardown, to_serializable, send")(lambda s: _spans(s, "in_box"))
 row("(within)", "  call_and_report x3")(lambda s: _spans(s, "call_and_report"))
-row("(within)", "  _changed_attributes (pickles changed item attributes)")(
-    lambda s: _spans(s, "changed_attributes"))
 row("(within)", "  encode_frame (cloudpickle) for every send")(lambda s: _spans(s, "encode_frame"))
-row("(within)", "  encode_frame in _returned (picklability check)")(lambda s: _spans(s, "check_pickle"))
 row("(within)", "  write_frame")(lambda s: _spans(s, "write_frame"))
 row("test", "test: target end -> os._exit (flush)")(
     lambda s: _diff(_last(s, "target<"), _first(s, "exit_test")))
-row("kernel", "test _exit -> init's waitpid returns (exit of a forked process)")(
-    lambda s: _diff(_first(s, "exit_test"), _first(s, "waitpid_return")))
-row("init", "init: status write -> _exit")(
-    lambda s: _diff(_first(s, "waitpid_return"), _first(s, "exit_init")))
-row("kernel", "init _exit -> parent's wait4 returns (pid/net/mnt ns teardown)")(
-    lambda s: _diff(_first(s, "exit_init"), _last(s, "wait4<")))
-row("(within)", "  wait4 call in the parent (blocking part)")(lambda s: _spans(s, "wait4"))
+row("kernel", "test _exit -> the parent's wait4 returns")(
+    lambda s: _diff(_first(s, "exit_test"), _last(s, "wait4<")))
 row("(within)", "  decode frames (pickle.loads) in the parent")(lambda s: _spans(s, "decode"))
-row("parent", "wait4 -> run_box returns")(lambda s: _diff(_last(s, "wait4<"), _last(s, "run_box<")))
+row("parent", "parent: after wait4 (kill the init, drain, cgroup counters)")(
+    lambda s: _diff(_last(s, "wait4<"), _first(s, "end>")))
+row("parent", "end: the init killed; its cgroup left for later")(lambda s: _spans(s, "end"))
+row("(within)", "  prefetch: the next box asked for (while the test ran)")(
+    lambda s: _spans(s, "prefetch"))
 row("total", "run_box (the box, wall)")(lambda s: _spans(s, "run_box"))
 row("pytest", "run_boxed: reports from frames (_reports_from)")(lambda s: _spans(s, "reports_from"))
 row("pytest", "run_boxed: the rest (teardown_exact, logreport, terminal)")(
@@ -388,6 +353,7 @@ def profile_session(count: int, args: list[str], workdir: Path) -> dict[int, dic
         (suite / f"test_m{m // 100:03d}.py").write_text(
             "".join(f"def test_{i}():\n    pass\n\n" for i in range(m, min(count, m + 100))))
     install_protocol()
+    os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # only nsbox, loaded once, by -p
     old = os.getcwd()
     os.chdir(suite)
     try:
@@ -402,7 +368,7 @@ def profile_session(count: int, args: list[str], workdir: Path) -> dict[int, dic
 
 def reference(count: int) -> list[tuple[str, float]]:
     """The kernel's part alone: fork/clone + _exit + wait, µs per round trip (median)."""
-    import pytest_nsbox.namespaces as ns
+    import pytest_nsbox.box.namespaces as ns
 
     clone = getattr(ns.clone_box, "__wrapped__", ns.clone_box)
 
@@ -457,7 +423,7 @@ def apply_experiments(names: list[str], modules: dict[str, Any]) -> None:
 
     supervise, inside = modules["supervise"], modules["inside"]
     if "warm-pickle" in names:
-        from pytest_nsbox.channel import encode_frame
+        from pytest_nsbox.box.channel import encode_frame
 
         encode_frame(("report", {"a": 1}, {}))
     if "gc-freeze" in names:
@@ -471,9 +437,9 @@ def apply_experiments(names: list[str], modules: dict[str, Any]) -> None:
     if "no-gc-in-box" in names:
         test_main = inside.test_main
 
-        def no_gc_test_main(plan: Any, saved: Any) -> Any:
+        def no_gc_test_main(plan: Any) -> Any:
             gc.disable()
-            return test_main(plan, saved)
+            return test_main(plan)
 
         inside.test_main = no_gc_test_main
 

@@ -1,4 +1,4 @@
-"""Render the box options table from the code's own table, `pytest_nsbox.options.OPTIONS`.
+"""Render the box options table from the code's own table, `pytest_nsbox.box.options.OPTIONS`.
 
 Two uses:
 
@@ -52,7 +52,7 @@ def format_default(value: object) -> str:
 
 def accepted_values(spec: Any) -> str:
     """What the option's validator says it accepts, from the message of a refusal."""
-    from pytest_nsbox.options import OptionError
+    from pytest_nsbox.box.options import OptionError
 
     try:
         spec.parse(object())
@@ -73,7 +73,7 @@ def _code(text: str) -> str:
 
 def render_table() -> str:
     """The options as a Markdown table: option, default, CLI flag, ini key, meaning."""
-    from pytest_nsbox.options import OPTIONS
+    from pytest_nsbox.box.options import OPTIONS
 
     registered = _registered()
     lines = [

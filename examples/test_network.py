@@ -48,11 +48,20 @@ def test_nothing_outside_is_reachable() -> None:
     print("look up pypi.org ->", lookup.value)
 
 
+def test_reaching_the_session_server(host_port: int) -> None:
+    """Passes: the pytest process listens on `host_port` all session long (see
+    conftest.py); the box has a network of its own, yet the session's server is
+    reachable in it at the same address and port (auto_forward), as unboxed."""
+    with socket.create_connection(("127.0.0.1", host_port), timeout=5):
+        print(f"connected to the session's server on 127.0.0.1:{host_port}")
+
+
+@pytest.mark.nsbox(auto_forward=False)
 @pytest.mark.parametrize("run", [1, 2])
 def test_binding_the_port_the_host_holds(host_port: int, run: int) -> None:
-    """Passes, twice: the pytest process listens on `host_port` all session long (see
-    conftest.py), yet each box binds that same port in its own network namespace. Under
-    pytest-xdist, boxes running at the same time can bind the same port as well."""
+    """Passes, twice: with auto_forward=False the session's server is not relayed, and
+    each box binds that same port in its own network namespace. Under pytest-xdist,
+    boxes running at the same time can bind the same port as well."""
     with socket.socket() as server:
         server.bind(("127.0.0.1", host_port))
         server.listen()

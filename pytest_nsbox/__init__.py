@@ -10,8 +10,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .box import Box, BoxContext, Usage, current_box
-    from .errors import (
+    from .box.api import Box
+    from .box.context import BoxContext, current_box
+    from .box.errors import (
         BoxError,
         BoxExited,
         BoxKilled,
@@ -20,13 +21,16 @@ if TYPE_CHECKING:
         MemoryLimitExceeded,
         RemoteError,
     )
-    from .options import BoxOptions, OptionError
+    from .box.options import BoxOptions, OptionError
+    from .box.outcome import Usage
 
 _WHERE = {
-    "Box": "box", "BoxContext": "box", "Usage": "box", "current_box": "box",
-    "BoxError": "errors", "BoxExited": "errors", "BoxKilled": "errors",
-    "BoxTimeout": "errors", "BoxUnavailable": "errors", "MemoryLimitExceeded": "errors",
-    "RemoteError": "errors", "BoxOptions": "options", "OptionError": "options",
+    "Box": "box.api", "BoxContext": "box.context", "current_box": "box.context",
+    "Usage": "box.outcome",
+    "BoxError": "box.errors", "BoxExited": "box.errors", "BoxKilled": "box.errors",
+    "BoxTimeout": "box.errors", "BoxUnavailable": "box.errors",
+    "MemoryLimitExceeded": "box.errors", "RemoteError": "box.errors",
+    "OptionError": "box.options", "BoxOptions": "box.options",
 }
 
 __all__ = [

@@ -51,7 +51,7 @@ PASS, DEGRADED, FAIL = "PASS", "DEGRADED", "FAIL"
 RANK = {PASS: 0, DEGRADED: 1, FAIL: 2}
 PROBE_TIMEOUT = 30.0  # the emulated VM runs 15-20x slower than a real machine
 LINUX = sys.platform.startswith("linux")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 Result = dict[str, Any]  # what a probe child sends back, as JSON
 
@@ -109,7 +109,7 @@ def run_probe(fn: Callable[[], Result], timeout: float = PROBE_TIMEOUT) -> Resul
 
     The child (and any child it forks) dies with its parent, so a timeout leaves nothing.
     """
-    from . import namespaces as ns
+    from .box import namespaces as ns
 
     parent = os.getpid()
     read_fd, write_fd = os.pipe()
@@ -160,7 +160,7 @@ def run_probe(fn: Callable[[], Result], timeout: float = PROBE_TIMEOUT) -> Resul
 
 def _enter_userns(userns: bool) -> None:
     """A fresh user namespace mapping our own ids, as a default box makes (user='self')."""
-    from . import namespaces as ns
+    from .box import namespaces as ns
 
     if userns:
         uid, gid = os.geteuid(), os.getegid()  # before unshare: then they read as 65534
@@ -175,7 +175,7 @@ def _probe_userns() -> Result:
 
 
 def _probe_namespace(flag_name: str, userns: bool) -> Result:
-    from . import namespaces as ns
+    from .box import namespaces as ns
 
     _enter_userns(userns)
     ns.unshare(getattr(ns, flag_name))
@@ -193,7 +193,7 @@ def _probe_namespace(flag_name: str, userns: bool) -> Result:
 
 
 def _probe_proc(userns: bool) -> Result:
-    from . import namespaces as ns
+    from .box import namespaces as ns
 
     _enter_userns(userns)
     ns.unshare(ns.CLONE_NEWPID | ns.CLONE_NEWNS)
@@ -208,7 +208,7 @@ def _probe_proc(userns: bool) -> Result:
 
 
 def _probe_tmpfs(userns: bool, readonly: bool) -> Result:
-    from . import namespaces as ns
+    from .box import namespaces as ns
 
     _enter_userns(userns)
     ns.unshare(ns.CLONE_NEWNS)
@@ -227,7 +227,7 @@ def _probe_tmpfs(userns: bool, readonly: bool) -> Result:
 
 
 def _probe_loopback(userns: bool) -> Result:
-    from . import namespaces as ns
+    from .box import namespaces as ns
 
     _enter_userns(userns)
     ns.unshare(ns.CLONE_NEWNET)
@@ -268,7 +268,7 @@ def _netlink(msg_type: int, body: bytes) -> None:
 
 def _probe_tc(kind: str, userns: bool) -> Result:
     """Make a `kind` link (veth, bridge) or root qdisc on lo (netem, tbf) in a fresh netns."""
-    from . import namespaces as ns
+    from .box import namespaces as ns
 
     _enter_userns(userns)
     ns.unshare(ns.CLONE_NEWNET)
@@ -303,22 +303,80 @@ def _probe_tc(kind: str, userns: bool) -> Result:
 
 
 def _probe_box() -> Result:
-    """The whole set-up of a default box (inside.prepare), as one child makes it."""
-    from . import namespaces as ns
-    from .inside import Plan, namespace_flags, prepare
-    from .options import BoxOptions
+    """The whole set-up of a default box (the init's: mounts, the lock, the loopback), as
+    one child makes it."""
+    from .box import namespaces as ns
+    from .box.init import level_one_flags, lock, prepare, prepare_net
+    from .box.maker import Request
+    from .box.options import BoxOptions
 
     options = BoxOptions()
-    plan = Plan(options=options, target=lambda send: None, result_fd=-1, diag_fd=-1,
-                parent_fds=(), keep_paths=(), writable_paths=(), frame_limit=0,
-                uid=os.geteuid(), gid=os.getegid())
-    ns.unshare(namespace_flags(options))
+    request = Request(options=options, keep_paths=(), writable_paths=(), uid=os.geteuid(),
+                      gid=os.getegid())
+    ns.unshare(level_one_flags(options))
 
     def inside() -> Result:
-        prepare(plan)
-        return {"ok": True}
+        prepare(request)
+        tmpfs = "overlay" if _is_overlay("/tmp") else "empty"
+        lock(request)
+        prepare_net(request, None)
+        return {"ok": True, "tmpfs": tmpfs}
 
     return run_probe(inside)
+
+
+def _is_overlay(path: str) -> bool:
+    """Whether the topmost mount at `path` is an overlay (as a box's /tmp over the host's)."""
+    kind = ""
+    with open("/proc/self/mountinfo") as file:
+        for line in file:
+            fields = line.split()
+            if fields[4] == path and "-" in fields:
+                kind = fields[fields.index("-") + 1]
+    return kind == "overlay"
+
+
+def _mounts_below(path: str) -> list[str]:
+    """Mount points strictly below `path` in this mount namespace."""
+    prefix = path.rstrip("/") + "/"
+    try:
+        with open("/proc/self/mountinfo") as file:
+            return [fields[4] for fields in (line.split() for line in file)
+                    if fields[4].startswith(prefix)]
+    except OSError:
+        return []
+
+
+def _probe_overlay(userns: bool) -> Result:
+    """A box's /tmp: the host's below, a tmpfs above; a host file shows, a write stays in."""
+    import tempfile
+
+    from .box import namespaces as ns
+
+    fd, name = tempfile.mkstemp(prefix="nsbox-doctor-", dir="/tmp")
+    os.close(fd)
+    base = os.path.basename(name)
+    host_tmp = None
+    try:
+        _enter_userns(userns)
+        ns.unshare(ns.CLONE_NEWNS)
+        ns.make_mounts_private()
+        host_tmp = os.open("/tmp", os.O_PATH | os.O_DIRECTORY)  # a mount of this namespace
+        ns.mount_tmpfs("/tmp")
+        ns.mount_overlay(host_tmp, "/tmp")
+        if not os.path.exists(name):
+            return {"ok": False, "step": "the host's file is not seen through the overlay",
+                    "errno": 0}
+        os.unlink(name)  # in the box's layer only
+        try:
+            os.stat(base, dir_fd=host_tmp)  # the host's copy, below the overlay
+        except FileNotFoundError:
+            return {"ok": False, "step": "a file deleted in the overlay was deleted on the host",
+                    "errno": 0}
+        return {"ok": True}
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(base, dir_fd=host_tmp) if host_tmp is not None else os.unlink(name)
 
 
 def _probe_cgroup_write(dirs: list[str], limit_files: dict[str, str]) -> Result:
@@ -410,7 +468,7 @@ def _module(name: str) -> str:
 
 def _failure(result: Result) -> tuple[str, str]:
     """(detail, fix) for a probe's failure, worded by fixes.explain_setup_failure."""
-    from .fixes import explain_setup_failure
+    from .box.fixes import explain_setup_failure
 
     if result.get("timeout"):
         return result["step"], "the kernel hung on this step; see `dmesg`"
@@ -427,8 +485,8 @@ _NAMESPACES = (("pid", "CLONE_NEWPID"), ("net", "CLONE_NEWNET"), ("mount", "CLON
 
 def _kernel_checks(timeout: float) -> tuple[list[Check], Result]:
     """The namespace, mount and network lines, and the default-box probe result."""
-    from .fixes import USERNS_FIX
-    from .net import NETEM_FIX
+    from .box.fixes import USERNS_FIX
+    from .resources.net.netem import NETEM_FIX
 
     checks: list[Check] = []
     user = run_probe(_probe_userns, timeout)
@@ -474,6 +532,11 @@ def _kernel_checks(timeout: float) -> tuple[list[Check], Result]:
         ("tmpfs mount", lambda: _probe_tmpfs(userns, False), FAIL,
          "a private tmpfs mounted on /tmp",
          f"probe: unshare(mount) {via}, make / private, mount tmpfs on /tmp, write a file"),
+        ("tmpfs overlay", lambda: _probe_overlay(userns), DEGRADED,
+         "tmpfs paths show the host's files (an overlay: the host's directory below, the "
+         "box's tmpfs above)",
+         f"probe: unshare(mount) {via}, tmpfs on /tmp, overlay with the host's /tmp below; a "
+         "host file shows, deleting it leaves the host's"),
         ("read-only mounts", lambda: _probe_tmpfs(userns, True), DEGRADED,
          "mount_setattr(AT_RECURSIVE, MOUNT_ATTR_RDONLY) made / read-only",
          f"probe: mount tmpfs on /tmp {via}, mount_setattr / read-only, a write gets EROFS"),
@@ -509,6 +572,19 @@ def _kernel_checks(timeout: float) -> tuple[list[Check], Result]:
                         f"kernel built with {module} in (=y)")
             elif state == "absent":
                 fix += "; or install the kernel's extra modules (linux-modules-extra-$(uname -r))"
+        if name == "tmpfs overlay":
+            below = _mounts_below("/tmp")
+            if below and result.get("errno") == errno.EINVAL:
+                detail += (f" (the kernel refuses an overlay in a user namespace over a "
+                           f"directory with mounts below it: {', '.join(below[:3])})")
+            detail += ("; boxes get an empty tmpfs instead (as tmpfs_mode='empty'): files "
+                       "session fixtures write to /tmp are not seen in boxes")
+            fix = ("Linux 5.11 or newer allows overlay mounts in a user namespace; meanwhile "
+                   "write session files under pytest's tmp_path_factory (kept in boxes) or "
+                   "pass the path to the box with keep_paths")
+            if below and result.get("errno") == errno.EINVAL:
+                fix = (f"mount {below[0]} somewhere outside /tmp (or unmount it), or write "
+                       "session files under pytest's tmp_path_factory (kept in boxes)")
         if name == "read-only mounts" and result.get("errno") == errno.ENOSYS:
             detail, fix = ("this kernel has no mount_setattr (Linux 5.12+): readonly=True "
                            "boxes cannot run", "use Linux 5.12 or newer")
@@ -518,14 +594,14 @@ def _kernel_checks(timeout: float) -> tuple[list[Check], Result]:
     if not box["ok"] and not userns and str(box.get("step")) in ("unshare", "clone"):
         checks.append(Check("default box", FAIL, "needs a user namespace (user='self')",
                             "the user namespace fix above; or, as root, user='host'",
-                            "probe: inside.prepare() of BoxOptions() in its namespaces"))
+                            "probe: the init's set-up of BoxOptions() in its namespaces"))
     elif box["ok"]:
         checks.append(Check("default box", PASS, "every step of a default box's set-up works",
-                            method="probe: inside.prepare() of BoxOptions() in its namespaces"))
+                            method="probe: the init's set-up of BoxOptions() in its namespaces"))
     else:
         detail, fix = _failure(box)
         checks.append(Check("default box", FAIL, detail, fix,
-                            "probe: inside.prepare() of BoxOptions() in its namespaces"))
+                            "probe: the init's set-up of BoxOptions() in its namespaces"))
     return checks, box
 
 
@@ -537,7 +613,9 @@ _DOCKER_CGROUP_FIX = ("in Docker, give the container its own writable cgroup: `-
 
 
 def _cgroup_checks(timeout: float) -> list[Check]:
-    from . import cgroups
+    from .resources import cgroups
+    from .resources.cgroups.v1 import _V1_FIX
+    from .resources.cgroups.v2 import _V2_FIX
 
     try:
         facts = cgroups.detect()
@@ -554,7 +632,7 @@ def _cgroup_checks(timeout: float) -> list[Check]:
     label = {"v1": "v1", "hybrid": "v1 (hybrid: controllers on v1, cgroup2 unused)",
              "v2": "v2 (unified)"}[version]
     checks = [Check("cgroup version", PASS, label, method=how)]
-    fix = cgroups._V2_FIX if v2 else cgroups._V1_FIX
+    fix = _V2_FIX if v2 else _V1_FIX
     if _container():
         fix += f"; {_DOCKER_CGROUP_FIX}"
 
@@ -607,7 +685,7 @@ def _cgroup_checks(timeout: float) -> list[Check]:
         else:
             checks.append(Check("cgroup delegation", DEGRADED,
                                 f"{where} is not delegated to uid {os.geteuid()}",
-                                cgroups._V2_FIX, how))
+                                _V2_FIX, how))
     if facts.get("cgroup_kill"):
         checks.append(Check("cgroup.kill", PASS, "a box is killed in one write", method=how))
     else:
@@ -641,7 +719,7 @@ def _cgroup_checks(timeout: float) -> list[Check]:
 def _device_check(facts: dict[str, Any], v2: bool) -> Check:
     """Whether the kernel refuses devices a box was not given (not only its /dev)."""
     if v2:
-        from .devfilter import filter_available
+        from .resources.devices import filter_available
 
         how = "probe: load a BPF_PROG_TYPE_CGROUP_DEVICE program"
         if filter_available():
@@ -726,7 +804,7 @@ def _box_result() -> Result:
     data = _load_cache()
     box: Result | None = data.get("box")
     if box is None:
-        from . import inside, options  # noqa: F401  (imported before the fork: another
+        from .box import init, maker, options  # noqa: F401  (imported before the fork: another
         # thread, e.g. execnet's under xdist, may hold the import lock at fork time)
 
         box = run_probe(_probe_box, 10.0)
@@ -748,8 +826,12 @@ def boxing_available() -> tuple[bool, str]:
         f". Fix: {fix}" if fix else "")
 
 
-def header_line() -> str:
-    """One line for pytest's header: what boxes get here (cached probes + file reads)."""
+def header_line(tmpfs_mode: str = "overlay", tmpfs: tuple[str, ...] = ("/tmp",)) -> str:
+    """One line for pytest's header: what boxes get here (cached probes + file reads).
+
+    `tmpfs_mode` and `tmpfs` are the session's default box options (``--nsbox-tmpfs-mode``,
+    ``--nsbox-tmpfs`` or their ini keys): what /tmp shows in a box depends on them too.
+    """
     if not LINUX:
         return f"nsbox: unavailable (boxes need Linux; this is {platform.system()})"
     box = _box_result()
@@ -766,11 +848,25 @@ def header_line() -> str:
     else:
         netem = _module("sch_netem") in ("loaded", "built in", "on disk")
     parts.append("netem" if netem else "netem missing")
+    if box.get("ok"):
+        parts.append(_tmp_part(box.get("tmpfs"), tmpfs_mode, tmpfs))
     return "nsbox: " + "; ".join(parts)
 
 
+def _tmp_part(probed: Any, tmpfs_mode: str, tmpfs: tuple[str, ...]) -> str:
+    """What a default box's /tmp shows: the probe says whether an overlay works here, the
+    session's options whether one is asked for."""
+    if "/tmp" not in tmpfs:
+        return "/tmp: the host's own (not a tmpfs path)"
+    if tmpfs_mode == "empty":
+        return "/tmp: empty (tmpfs_mode='empty')"
+    if probed == "overlay":
+        return "/tmp: the host's files below the box's"
+    return "/tmp: empty (no overlay here; see the doctor)"
+
+
 def _cgroup_summary() -> str:
-    from . import cgroups
+    from .resources import cgroups
 
     try:
         facts = cgroups.detect()

@@ -6,6 +6,11 @@ import os
 
 import pytest
 
+# The box machinery imported once, here: pytester's in-process runs take the modules they
+# imported first out of sys.modules again, and a module imported twice is two modules
+# with two states (two box makers; the leak checks would look at the wrong one).
+import pytest_nsbox.box.supervise  # noqa: F401
+
 STRICT = os.environ.get("NSBOX_STRICT") == "1"
 
 

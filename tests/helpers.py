@@ -44,3 +44,15 @@ def spawn_daemon(marker: str) -> None:
          "time.sleep(1000)", marker],
         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     ).wait()
+
+
+def has_pids_peak() -> bool:
+    """Whether this kernel keeps a peak of a pids cgroup (pids.peak, Linux 6.13+)."""
+    for path in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup"):
+        for root, dirs, files in os.walk(path):
+            if "pids.peak" in files:
+                return True
+            if root.count("/") > 5:
+                dirs.clear()
+    return False
+

@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 import pytest
 from helpers import processes_with
 
-from pytest_nsbox.cgroups import _alive
+from pytest_nsbox.resources.cgroups.session import _alive
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 #: Mount points a box may mount over in its own namespace, never on the host.
@@ -67,6 +68,19 @@ def children_of(pid: int) -> set[int]:
         if len(fields) > 1 and int(fields[1]) == pid:
             found.add(int(entry))
     return found
+
+
+def _fd_target(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError as exc:
+        return exc.strerror or "?"
+
+
+def _box_machinery() -> tuple[set[int], set[int]]:
+    """The box maker (one a pytest process, not a box's) and the fds kept for it."""
+    spawn = sys.modules.get("pytest_nsbox.box.spawn")
+    return spawn.machinery() if spawn is not None else (set(), set())
 
 
 def nsbox_cgroups() -> set[str]:
@@ -136,7 +150,15 @@ def tmp_entries(marker: str) -> list[str]:
 
 
 def open_fds() -> set[int]:
-    return {int(fd) for fd in listing("/proc/self/fd")}
+    """This process's fds, without the one the listing itself opened."""
+    found = set()
+    for fd in map(int, listing("/proc/self/fd")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue  # the listing's own directory fd, closed by now
+        found.add(fd)
+    return found
 
 
 # --- the snapshot and the check ---------------------------------------------------------
@@ -189,12 +211,15 @@ class Host:
         note("interfaces", [n for n in listing("/sys/class/net") - self.interfaces
                             if not n.startswith(_NET_NOISE) or self.marker[-6:] in n])
         note("files under /tmp", tmp_entries(self.marker))
+        machinery_pids, machinery_fds = _box_machinery()
         deadline = time.monotonic() + patience / 2
-        while (kids := children_of(mine) - self.children) and time.monotonic() < deadline:
+        while ((kids := children_of(mine) - self.children - machinery_pids)
+               and time.monotonic() < deadline):
             time.sleep(0.02)
         note("children of pytest", kids)
         if self.check_fds:
-            note("file descriptors of pytest", open_fds() - self.fds)
+            note("file descriptors of pytest", [f"{fd} ({_fd_target(fd)})" for fd in
+                                                open_fds() - self.fds - machinery_fds])
         if socket.gethostname() != self.hostname:
             found["hostname"] = [socket.gethostname()]
         return found
@@ -237,7 +262,7 @@ class Host:
             else:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
-        for fd in map(int, found.get("file descriptors of pytest", ())):
+        for fd in (int(text.split()[0]) for text in found.get("file descriptors of pytest", ())):
             with contextlib.suppress(OSError):
                 os.close(fd)
         if "hostname" in found and os.geteuid() == 0:
@@ -361,8 +386,8 @@ def read_pids(path: str) -> set[int]:
 
 def cgroups_writable() -> bool:
     """True when a box may have a memory limit here (root on v1, or a delegated v2)."""
-    from pytest_nsbox import cgroups
-    from pytest_nsbox.options import BoxOptions
+    from pytest_nsbox.box.options import BoxOptions
+    from pytest_nsbox.resources import cgroups
 
     try:
         box = cgroups.box_cgroup(BoxOptions(memory=256 << 20))

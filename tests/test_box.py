@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -22,6 +23,7 @@ from pytest_nsbox import (
     BoxTimeout,
     BoxUnavailable,
     RemoteError,
+    current_box,
 )
 
 
@@ -95,6 +97,8 @@ def test_net_none_has_not_even_loopback() -> None:
 
 
 def test_two_boxes_bind_the_same_port_while_the_host_holds_it() -> None:
+    """Without auto_forward (which relays this process's listeners into the box, so that
+    the port is taken there, as unboxed), each box binds the port in its own network."""
     with socket.create_server(("127.0.0.1", 0)) as held:
         port = held.getsockname()[1]
 
@@ -102,8 +106,8 @@ def test_two_boxes_bind_the_same_port_while_the_host_holds_it() -> None:
             with socket.create_server(("127.0.0.1", port)) as server:
                 return int(server.getsockname()[1])
 
-        assert Box().run(bind) == port
-        assert Box().run(bind) == port
+        assert Box(auto_forward=False).run(bind) == port
+        assert Box(auto_forward=False).run(bind) == port
 
 
 def test_user_modes() -> None:
@@ -143,9 +147,16 @@ def test_readonly_root_with_writable_tmp_and_basetemp(tmp_path) -> None:
 
 def test_more_tmpfs_paths(tmp_path) -> None:
     (tmp_path / "seen").write_text("host")
-    listing = Box(tmpfs=(str(tmp_path),)).run(lambda: os.listdir(tmp_path))
-    assert listing == []
-    assert (tmp_path / "seen").exists()
+
+    def scribble() -> list[str]:
+        (tmp_path / "seen").write_text("box")
+        (tmp_path / "new").write_text("box")
+        return sorted(os.listdir(tmp_path))
+
+    assert Box(tmpfs=(str(tmp_path),)).run(scribble) == ["new", "seen"]
+    assert Box(tmpfs=(str(tmp_path),), tmpfs_mode="empty").run(os.listdir, tmp_path) == []
+    assert sorted(os.listdir(tmp_path)) == ["seen"]
+    assert (tmp_path / "seen").read_text() == "host"
 
 
 def test_missing_tmpfs_path_is_unavailable() -> None:
@@ -243,6 +254,41 @@ def test_timeout_kills_everything_and_says_where_it_was_stuck() -> None:
     assert wait_gone(marker, 1) == []
 
 
+_held = threading.Lock()  # held by the test while a fork handler waits on it
+_wait_at_fork = False
+
+
+def _at_fork_in_child() -> None:
+    if _wait_at_fork:
+        _held.acquire()  # never released in the child: a lock another thread held
+
+
+os.register_at_fork(after_in_child=_at_fork_in_child)
+
+
+def test_a_test_process_stuck_before_its_box_is_described_by_the_kernel() -> None:
+    """A test process that waits on a lock right after the fork (one a thread of pytest
+    held then) never runs its dump handler: the timeout says what the kernel sees."""
+    global _wait_at_fork
+    with _held:
+        _wait_at_fork = True
+        try:
+            with pytest.raises(BoxTimeout) as info:
+                Box(timeout=1).run(int)
+        finally:
+            _wait_at_fork = False
+    text = str(info.value)
+    assert "the test process (pid " in text and "gave no stack dump" in text, text
+    assert "state S" in text, text  # asleep on the lock
+    if Box().run(_box_has_cgroups):
+        assert "it had not entered its box" in text, text
+
+
+def _box_has_cgroups() -> bool:
+    box = current_box()
+    return box is not None and bool(getattr(box.cgroup, "paths", ()))
+
+
 def test_double_forked_daemons_die_with_the_box() -> None:
     marker = token()
     Box().run(spawn_daemon, marker)
@@ -317,7 +363,7 @@ def test_junk_on_the_pipe_is_a_clean_error() -> None:
 
 
 def test_death_mid_frame_is_a_clean_error() -> None:
-    from pytest_nsbox.channel import encode_frame
+    from pytest_nsbox.box.channel import encode_frame
 
     def target(send) -> None:  # type: ignore[no-untyped-def]
         frame = encode_frame(b"z" * 100_000)
@@ -330,7 +376,7 @@ def test_death_mid_frame_is_a_clean_error() -> None:
 
 
 def test_oversized_frame_is_refused_in_the_parent() -> None:
-    from pytest_nsbox.channel import HEADER, MAGIC
+    from pytest_nsbox.box.channel import HEADER, MAGIC
 
     def target(send) -> None:  # type: ignore[no-untyped-def]
         os.write(send.fd, HEADER.pack(MAGIC, 1 << 31))
@@ -349,7 +395,7 @@ def test_result_over_the_frame_limit_is_a_remote_error() -> None:
 
 def test_fork_fallback_still_isolates(monkeypatch: pytest.MonkeyPatch) -> None:
     """When other threads may hold libc locks, a forked child makes the clone instead."""
-    from pytest_nsbox import namespaces
+    from pytest_nsbox.box import namespaces
 
     monkeypatch.setattr(namespaces, "single_threaded", lambda: False)
     marker = token()
@@ -378,7 +424,7 @@ def test_fork_fallback_still_isolates(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_idle_threads_allow_the_raw_clone() -> None:
     import threading
 
-    from pytest_nsbox import namespaces
+    from pytest_nsbox.box import namespaces
 
     busy = threading.Event()
     worker = threading.Thread(target=busy.wait)
@@ -459,7 +505,7 @@ def test_the_interpreter_and_imports_stay_reachable_under_a_tmpfs(tmp_path) -> N
     start subprocesses of this Python and import from sys.path."""
     import subprocess
 
-    from pytest_nsbox.supervise import process_paths
+    from pytest_nsbox.box.spawn import process_paths
 
     assert os.path.dirname(os.path.abspath(sys.executable)) in process_paths()
     here = os.path.dirname(os.path.abspath(__file__))
@@ -498,3 +544,19 @@ def test_the_parents_garbage_collector_keeps_working_across_boxes() -> None:
             del first, second
     alive = sum(ref() is not None for ref in made)
     assert alive < len(made) // 2, f"{alive} of {len(made)} cycles not collected"
+
+
+def test_a_process_with_a_native_thread_pool_boxes() -> None:
+    """numpy starts OpenBLAS's thread pool on import (pytest-randomly imports numpy where
+    it is installed). A raw clone beside that thread skipped the pool's fork handlers,
+    and the box's init then waited for ever in its fork, joining a thread the clone had
+    not copied. A thread Python does not know makes the box start through os.fork()."""
+    pytest.importorskip("numpy", reason="lacks: numpy")
+    code = ("import os, time, numpy\n"
+            "time.sleep(0.3)  # the pool's thread settles into its futex wait\n"
+            "from pytest_nsbox import Box\n"
+            "print([Box().run(os.getpid) for _ in range(3)])\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.strip() == "[2, 2, 2]", done.stderr
+

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_nsbox.channel import (
+from pytest_nsbox.box.channel import (
     HEADER,
     MAGIC,
     ChannelError,

@@ -1,4 +1,4 @@
-"""Real kernel tests for pytest_nsbox.devfilter: the devices a box may use.
+"""Real kernel tests for pytest_nsbox.resources.devices: the devices a box may use.
 
 A forked child joins a cgroup made here (v1 devices controller, or a v2 cgroup with the
 eBPF filter attached) and tries devices; the kernel's answer (ok or the errno's name)
@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from conftest import needs
-from pytest_nsbox import cgroups, devfilter
-from pytest_nsbox.devfilter import DeviceRule
+from pytest_nsbox.resources import cgroups
+from pytest_nsbox.resources import devices as devfilter
+from pytest_nsbox.resources.devices import DeviceRule
 
 # These tests examine the host's own cgroups and devices: under --nsbox they run unboxed.
 pytestmark = [pytest.mark.nsbox(enabled=False), pytest.mark.vm]  # vm: the v2 eBPF lane

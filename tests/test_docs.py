@@ -1,6 +1,6 @@
 """The docs and the example suite cannot drift from the code.
 
-The options reference is generated from `pytest_nsbox.options.OPTIONS` by
+The options reference is generated from `pytest_nsbox.box.options.OPTIONS` by
 `docs/gen_options.py`; these tests run that generator and check every option is in the
 table with its default, its help and the CLI flag and ini key pytest really registers.
 The example suite must collect cleanly, and the README must keep its two commands.
@@ -16,7 +16,7 @@ from types import ModuleType
 
 import pytest
 
-from pytest_nsbox.options import OPTIONS
+from pytest_nsbox.box.options import OPTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -62,7 +62,7 @@ def test_the_table_names_the_flags_and_ini_keys_pytest_registers(
         if spec.name == "enabled":  # a marker option only
             assert (flag, ini) == ("—", "—")
             continue
-        assert flag == f"`--nsbox-{spec.name} {spec.metavar}`"
+        assert flag == f"`--nsbox-{spec.name.replace('_', '-')} {spec.metavar}`"
         assert hasattr(config.option, f"nsbox_{spec.name}")
         assert ini == f"`nsbox_{spec.name}`"
         config.getini(f"nsbox_{spec.name}")  # ValueError if pytest does not know the key

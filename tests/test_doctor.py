@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from conftest import needs
-from pytest_nsbox import cgroups, doctor
+from pytest_nsbox import doctor
+from pytest_nsbox.resources import cgroups
 
 # These tests examine the host's own cgroups (and probes): under --nsbox they run unboxed.
 pytestmark = pytest.mark.nsbox(enabled=False)
@@ -193,8 +194,48 @@ def test_header_line_is_cheap_and_agrees_with_the_doctor(
     statuses = {c.name: c.status for c in report.checks}
     assert ("netem missing" in header) == (statuses["netem"] != "PASS")
     assert ("namespaces;" in header) == (statuses["default box"] == "PASS")
+    assert ("/tmp: the host's files" in header) == (statuses["tmpfs overlay"] == "PASS")
     assert doctor.boxing_available() == (statuses["default box"] == "PASS", "") or (
         statuses["default box"] != "PASS")
+
+
+def test_header_line_says_what_tmp_shows_under_the_session_options(
+        pytester: pytest.Pytester, run_inner, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--nsbox-tmpfs-mode=empty (or the ini key) empties /tmp wherever overlays work: the
+    header says so, not "the host's files"; without it, the header follows the probe."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    available, why = doctor.boxing_available()
+    needs(available, f"lacks: a default box here ({why})")
+    overlay = doctor._box_result().get("tmpfs") == "overlay"
+    probed = ("/tmp: the host's files below the box's" if overlay
+              else "/tmp: empty (no overlay here; see the doctor)")
+    empty = "/tmp: empty (tmpfs_mode='empty')"
+    assert doctor.header_line().endswith(probed)
+    assert doctor.header_line("overlay").endswith(probed)
+    assert doctor.header_line("empty").endswith(empty)
+    assert doctor.header_line("overlay", ("/var/tmp",)).endswith(
+        "/tmp: the host's own (not a tmpfs path)")
+
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+
+    def header(*args: str) -> str:
+        result = run_inner("-v", *args)
+        assert result.ret == 0, result.stdout.str()
+        lines = [line for line in result.stdout.lines if line.startswith("nsbox: ")]
+        assert len(lines) == 1, result.stdout.str()
+        return lines[0]
+
+    assert header().endswith(probed)
+    assert header("--nsbox-tmpfs-mode=overlay").endswith(probed)
+    for args in (("--nsbox-tmpfs-mode=empty",), ("--nsbox", "--nsbox-tmpfs-mode", "empty")):
+        line = header(*args)
+        assert line.endswith(empty), line
+        assert "the host's files" not in line
+    assert header("--nsbox-tmpfs=/var/tmp").endswith("/tmp: the host's own (not a tmpfs path)")
+    pytester.makeini("[pytest]\nnsbox_tmpfs_mode = empty\n")
+    assert header().endswith(empty)
+    assert header("--nsbox-tmpfs-mode=overlay").endswith(probed)  # the flag wins over the ini
 
 
 def test_cold_cache_probes_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -208,8 +249,8 @@ def test_cold_cache_probes_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 def test_import_needs_nothing_linux_only() -> None:
     """macOS and Windows import it: no ctypes, no namespaces module at import time."""
     code = ("import sys; import pytest_nsbox.doctor; "
-            "bad = [m for m in ('ctypes', 'pytest_nsbox.namespaces', 'pytest_nsbox.cgroups') "
-            "if m in sys.modules]; assert not bad, bad")
+            "bad = [m for m in ('ctypes', 'pytest_nsbox.box.namespaces', "
+            "'pytest_nsbox.resources.cgroups') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
@@ -289,7 +330,7 @@ def test_run_from_pytest(pytester: pytest.Pytester) -> None:
 def test_nsbox_doctor_option(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--nsbox-doctor")
     if "unrecognized arguments: --nsbox-doctor" in result.stderr.str():
-        pytest.skip("lacks: plugin.py does not wire --nsbox-doctor yet")
+        pytest.skip("lacks: the plugin does not wire --nsbox-doctor yet")
     assert "pytest-nsbox doctor:" in result.stdout.str()
     assert "collected" not in result.stdout.str()  # it printed the report and exited
     verdict = next(line for line in result.outlines if line.startswith("verdict: "))
@@ -317,7 +358,8 @@ def test_vm_verdict() -> None:
         assert doctor.header_line().startswith("nsbox: boxes unavailable")
         return
     for name in ("user namespace", "pid namespace", "/proc mount", "loopback", "default box",
-                 "netem", "tbf", "veth", "bridge", "cgroup.kill", "memory peak"):
+                 "netem", "tbf", "veth", "bridge", "cgroup.kill", "memory peak",
+                 "tmpfs overlay"):
         assert checks[name].status == "PASS", checks[name]
     assert doctor.boxing_available() == (True, "")
     device = checks["device control"]
@@ -326,7 +368,8 @@ def test_vm_verdict() -> None:
     if VM_MODE in ("root", "delegated"):
         assert checks["cgroup writable"].status == checks["cgroup delegation"].status == "PASS"
         assert report.exit_status == 0
-        assert doctor.header_line().endswith("delegated; netem")
+        assert doctor.header_line().endswith(
+            "delegated; netem; /tmp: the host's files below the box's")
     else:
         assert checks["cgroup writable"].status == "DEGRADED"
         delegation = checks["cgroup delegation"]

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pytest_nsbox import Box, BoxError
-from pytest_nsbox.channel import HEADER, MAGIC, ChannelError, FrameDecoder, encode_frame
+from pytest_nsbox.box.channel import HEADER, MAGIC, ChannelError, FrameDecoder, encode_frame
 
 CGROUPS = cgroups_writable()
 
@@ -278,3 +278,69 @@ def test_live_box_flooding_the_pipe_after_an_oversized_header(host: Host) -> Non
     assert "exceeds the limit" in (outcome.channel_error or "")
     assert not outcome.timed_out
     assert time.monotonic() - started < 10
+
+
+def test_ctrl_c_while_the_supervisor_follows_a_clone_vm_test_process() -> None:
+    """Ctrl-C right while the supervisor swaps the forked process for the clone_vm test
+    process it made waits until the swap is done: the forked process is killed and
+    reaped and the caller holds the new pidfd (half-way, the old pidfd was closed twice:
+    an INTERNALERROR, and the session did not end within 5 s)."""
+    import select
+    import threading
+
+    from pytest_nsbox.box import supervise
+    from pytest_nsbox.box.namespaces.join import pidfd_open
+
+    pids = []
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        pids.append(pid)
+    forked, test = pids
+    pidfd = pidfd_open(forked)
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    swapped: list[tuple[int, int]] = []
+
+    def swap(pid: int, fd: int) -> None:
+        swapped.append((pid, fd))
+        # Ctrl-C in the middle of the swap, to this thread (the one that blocks it)
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            supervise._follow(poller, pidfd, forked, test, swap)
+        assert [pid for pid, _ in swapped] == [test]
+        with pytest.raises(ChildProcessError):  # killed and reaped all the same
+            os.waitpid(forked, os.WNOHANG)
+        os.fstat(swapped[0][1])  # the new pidfd is open, the caller's to close
+    finally:
+        for fd in [fd for _, fd in swapped]:
+            os.close(fd)
+        os.kill(test, signal.SIGKILL)
+        os.waitpid(test, 0)
+
+
+def test_ctrl_c_before_the_supervisor_read_a_clone_vm_test_process_pid(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C after the clone_vm test process started but before the supervisor followed
+    it: the box's children of pytest are killed and reaped all the same (a zombie test
+    process kept the box's init from ending; the session's last tidy-up waited 10 s)."""
+    from pytest_nsbox.box import spawn, supervise
+    from pytest_nsbox.resources.net.listeners import _children
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(spawn, "_may_set_pid", False)  # the clone_vm path, as non-root
+    assert Box().run(int) == 0  # the box maker (a child of pytest) is running
+    monkeypatch.setattr(supervise, "_follow", interrupted)
+    before = set(_children(os.getpid()))
+    with pytest.raises(KeyboardInterrupt):
+        Box().run(time.sleep, 30)
+    assert set(_children(os.getpid())) - before == set()
+    started = time.monotonic()
+    spawn.tidy(block=True)  # the box's init ends: nothing of it waits to be reaped
+    assert time.monotonic() - started < 5

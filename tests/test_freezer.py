@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from conftest import needs
-from pytest_nsbox import Box, cgroups
-from pytest_nsbox.errors import BoxTimeout
-from pytest_nsbox.options import BoxOptions
+from pytest_nsbox import Box
+from pytest_nsbox.box.errors import BoxTimeout
+from pytest_nsbox.box.options import BoxOptions
+from pytest_nsbox.resources import cgroups
 
 # These tests examine the host's own cgroups and disks: under --nsbox they run unboxed.
 pytestmark = pytest.mark.nsbox(enabled=False)

@@ -22,9 +22,10 @@ from typing import Any
 import pytest
 
 from conftest import needs
-from pytest_nsbox import Box, cgroups
-from pytest_nsbox.errors import BoxUnavailable
-from pytest_nsbox.options import OptionError, parse_options, parse_text
+from pytest_nsbox import Box
+from pytest_nsbox.box.errors import BoxUnavailable
+from pytest_nsbox.box.options import OptionError, parse_options, parse_text
+from pytest_nsbox.resources import cgroups
 
 # These tests examine the host's own cgroups and disks: under --nsbox they run unboxed.
 pytestmark = pytest.mark.nsbox(enabled=False)

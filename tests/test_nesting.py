@@ -15,7 +15,8 @@ import textwrap
 import pytest
 
 from conftest import needs
-from pytest_nsbox import Box, BoxUnavailable, MemoryLimitExceeded, cgroups
+from pytest_nsbox import Box, BoxUnavailable, MemoryLimitExceeded
+from pytest_nsbox.resources import cgroups
 
 pytestmark = pytest.mark.vm
 
@@ -23,7 +24,7 @@ MiB = 1 << 20
 
 
 def _cgroups_writable() -> bool:
-    from pytest_nsbox.options import BoxOptions
+    from pytest_nsbox.box.options import BoxOptions
 
     try:
         made = cgroups.box_cgroup(BoxOptions(memory=256 * MiB))
@@ -148,7 +149,7 @@ def _bpf_program_fds() -> list[str]:
 def test_a_box_holds_no_device_program_of_its_parent() -> None:
     """With the parent's program fd and its own cgroup directory a box could detach its
     device filter (found by review); the init closes them."""
-    from pytest_nsbox import devfilter
+    from pytest_nsbox.resources import devices as devfilter
 
     needs(devfilter.filter_available(), "lacks: bpf(BPF_PROG_LOAD) of a cgroup device program")
     assert _bpf_program_fds()  # loaded here
@@ -196,7 +197,7 @@ def test_what_an_inner_box_leaves_is_removed_with_the_outer_box() -> None:
     go with the outer box."""
 
     def leave_an_inner_cgroup() -> tuple[str, ...]:
-        from pytest_nsbox.options import BoxOptions
+        from pytest_nsbox.box.options import BoxOptions
 
         made = cgroups.box_cgroup(BoxOptions(memory=32 * MiB))
         assert made is not None
@@ -219,9 +220,9 @@ def test_inner_limits_without_a_delegated_subtree_are_a_clear_unavailable(
             return str(exc)
         return "ran"
 
-    from pytest_nsbox import supervise
+    from pytest_nsbox.box import spawn
 
-    monkeypatch.setattr(supervise, "_make_cgroup", _no_cgroup_outside(supervise._make_cgroup))
+    monkeypatch.setattr(spawn, "make_cgroup", _no_cgroup_outside(spawn.make_cgroup))
     message = Box().run(inner)
     assert message.startswith("a box inside a box cannot have memory=64 MiB: the outer box "
                               "has no cgroup to give it"), message
@@ -364,7 +365,7 @@ def _mknod_errno(path: str) -> int:
 def _device_control() -> bool:
     """Whether this machine gives boxes a kernel device control (v1 devices hierarchy of
     its own, or an eBPF device filter on v2)."""
-    from pytest_nsbox.devfilter import filter_available
+    from pytest_nsbox.resources.devices import filter_available
 
     facts = cgroups.detect()
     if facts["version"] == "v2":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_nsbox.options import (
+from pytest_nsbox.box.options import (
     OPTIONS,
     BoxOptions,
     OptionError,

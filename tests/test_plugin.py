@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import textwrap
+import time
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -128,6 +129,63 @@ def test_tests_really_run_in_a_box(pytester: pytest.Pytester, run_inner) -> None
             assert os.getpid() != 2
     """)
     run_inner("test_marked.py").assert_outcomes(passed=2)
+
+
+def test_a_box_made_ahead_is_used_only_by_a_test_with_its_options(
+        pytester: pytest.Pytester, run_inner) -> None:
+    """Each test's box is made while the previous test runs, for the next test's options:
+    alternating hostnames (and a read-only root) show that a box made for other options is never
+    used, and a pytest_nsbox_options hook that changes them makes a fresh one; nothing
+    of the thrown-away boxes is left (the inner session's maker and its inits carry its
+    import path, which holds pytester's directory, in their command lines)."""
+    pytester.makeconftest("""
+        def pytest_nsbox_options(item, options):
+            if item.name.startswith("test_hooked"):
+                return {"hostname": "hooked"}
+    """)
+    pytester.makepyfile(test_ahead="""
+        import socket, pytest
+
+        @pytest.mark.parametrize("round", range(3))
+        @pytest.mark.nsbox(hostname="a")
+        def test_a(round):
+            assert socket.gethostname() == "a"
+
+        @pytest.mark.parametrize("round", range(3))
+        @pytest.mark.nsbox(hostname="b", readonly=True)
+        def test_b(round):
+            assert socket.gethostname() == "b"
+
+        @pytest.mark.nsbox(hostname="b")
+        def test_hooked():
+            assert socket.gethostname() == "hooked"
+    """)
+    result = run_inner("-p", "no:randomly", "test_ahead.py::test_a[0]",
+                       "test_ahead.py::test_b[0]", "test_ahead.py::test_a[1]",
+                       "test_ahead.py::test_b[1]", "test_ahead.py::test_hooked",
+                       "test_ahead.py::test_a[2]", "test_ahead.py::test_b[2]")
+    result.assert_outcomes(passed=7)
+    deadline = time.monotonic() + 5  # the kernel ends them after the inner pytest exits
+    while (left := processes_with(str(pytester.path))) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert left == []
+
+
+def test_a_box_that_cannot_be_made_says_why_once(pytester: pytest.Pytester, run_inner) -> None:
+    """A refused box fails its test's set-up with the reason, not a chained exception
+    ("During handling of the above exception, another exception occurred")."""
+    pytester.makepyfile(test_refused="""
+        import pytest
+
+        @pytest.mark.nsbox(io={"path": "/dev/shm", "write_bps": "1M"})
+        def test_refused():
+            pass
+    """)
+    result = run_inner("test_refused.py")
+    result.assert_outcomes(errors=1)
+    out = result.stdout.str()
+    assert "no block device to throttle" in out
+    assert "During handling" not in out
 
 
 def test_wider_fixtures_set_up_once_in_the_parent(pytester: pytest.Pytester, run_inner) -> None:

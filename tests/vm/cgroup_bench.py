@@ -10,8 +10,8 @@ import os
 import sys
 import time
 
-from pytest_nsbox import cgroups
-from pytest_nsbox.options import BoxOptions
+from pytest_nsbox.box.options import BoxOptions
+from pytest_nsbox.resources import cgroups
 
 MiB = 1 << 20
 

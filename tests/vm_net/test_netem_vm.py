@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from test_net import _has_netem, in_netns
 
-from pytest_nsbox import Box, net
+from pytest_nsbox import Box
+from pytest_nsbox.resources.net import netem as net
 
 pytestmark = [pytest.mark.vm]
 PACKETS = 2000
@@ -115,7 +116,7 @@ def test_box_option_applies_netem() -> None:
     from test_net import _wired
 
     if not _wired("apply_netem"):
-        pytest.skip("net.apply_netem is not wired into inside.py yet")
+        pytest.skip("netem.apply_netem is not wired into box/inside.py yet")
     times = Box(netem={"delay": "20ms"}).run(udp_round_trips, 20)
     assert 0.016 <= statistics.median(times) / 2 <= 0.024
 

@@ -18,9 +18,10 @@ from typing import Any, Literal
 import pytest
 from _pytest.runner import CallInfo, call_and_report
 
-from .box import Box, Outcome
-from .errors import BoxExited, BoxUnavailable
-from .options import BoxOptions, OptionError
+from ..box.api import Box
+from ..box.errors import BoxExited, BoxUnavailable
+from ..box.options import BoxOptions, OptionError
+from ..box.outcome import Outcome
 
 Phase = Literal["setup", "call", "teardown"]
 PHASES: tuple[Phase, ...] = ("setup", "call", "teardown")
@@ -48,18 +49,22 @@ def boxed_runtestprotocol(item: pytest.Item, nextitem: pytest.Item | None,
         except OptionError as exc:
             shared = _refused_call(f"a pytest_nsbox_options hook: {exc}", "fail")
     if shared.excinfo is None:
-        box = Box(options, keep_paths=paths.keep_paths, writable_paths=paths.writable_paths)
+        box = _box(options, paths)
+        refusal = None
         try:
             outcome = box.execute(
                 lambda send: _in_box(item, nextitem, send),
-                on_frozen=lambda pids: item.ihook.pytest_nsbox_frozen(item=item, pids=pids))
+                on_frozen=lambda pids: item.ihook.pytest_nsbox_frozen(item=item, pids=pids),
+                next_box=_next_box(nextitem, paths), defer=True)
             if isinstance(refused := outcome.error(options), BoxUnavailable):
                 outcome = None
                 raise refused
         except BoxUnavailable as exc:
+            refusal = str(exc)
+        if refusal is not None:  # out of the except: the report shows no chained exception
             if paths.unavailable == "run":
-                return _run_unboxed(item, nextitem, str(exc), log)
-            shared = _refused_call(str(exc), paths.unavailable)
+                return _run_unboxed(item, nextitem, refusal, log)
+            shared = _refused_call(refusal, paths.unavailable)
     if outcome is None:
         reports["setup"] = _make_report(item, shared)
     else:
@@ -118,6 +123,36 @@ def _refused_call(message: str, policy: str) -> CallInfo[None]:
     return CallInfo.from_call(refuse, "setup")
 
 
+def _next_box(nextitem: pytest.Item | None, paths: Any) -> Box | None:
+    """The next test's box, made ahead while this one runs (its options as collected:
+    a `pytest_nsbox_options` hook that changes them makes that box unused)."""
+    if nextitem is None:
+        return None
+    from .state import options_key
+
+    options = nextitem.stash.get(options_key, None)
+    return None if options is None else _box(options, paths)
+
+
+_boxes: dict[int, tuple[BoxOptions, Any, Box]] = {}
+
+
+def forget_boxes() -> None:
+    _boxes.clear()
+
+
+def _box(options: BoxOptions, paths: Any) -> Box:
+    """One Box per distinct options (the items that share a marker share its options)."""
+    known = _boxes.get(id(options))
+    if known is not None and known[0] is options and known[1] is paths:
+        return known[2]
+    if len(_boxes) > 256:
+        _boxes.clear()
+    box = Box(options, keep_paths=paths.keep_paths, writable_paths=paths.writable_paths)
+    _boxes[id(options)] = (options, paths, box)
+    return box
+
+
 def _run_unboxed(item: pytest.Item, nextitem: pytest.Item | None, message: str,
                  log: bool) -> list[pytest.TestReport]:
     """nsbox_unavailable = run: the test runs here, unisolated, with a warning saying so."""
@@ -135,6 +170,8 @@ def _setup_shared(item: pytest.Item) -> tuple[CallInfo[None], tuple[str, str]]:
     """Set up the collectors and the wider-scoped fixtures of `item` in this process."""
 
     def setup() -> None:
+        if _skipped_before_setup(item):
+            return  # the box's setup skips it, as unboxed, before any fixture is set up
         # the collectors (SetupState takes any node), then the item pushed as set up, so
         # its wider fixtures are requested as pytest expects; its own setup is the box's
         state = item.session._setupstate
@@ -148,15 +185,94 @@ def _setup_shared(item: pytest.Item) -> tuple[CallInfo[None], tuple[str, str]]:
     return call, out[0]
 
 
+def _skipped_before_setup(item: pytest.Item) -> bool:
+    """Whether pytest's skipping plugin stops this test's setup before any fixture: a skip
+    mark, ``xfail(run=False)``, or a mark condition that raises. Unboxed, such a test sets
+    up no fixture (a missing one is no error, a session fixture only it uses never runs)."""
+    try:
+        from _pytest.skipping import evaluate_skip_marks, evaluate_xfail_marks
+    except ImportError:  # pragma: no cover - pytest moved them
+        return False
+    try:
+        if evaluate_skip_marks(item):
+            return True
+        xfailed = evaluate_xfail_marks(item)
+    except BaseException:
+        return True  # the box's setup reports the mark's error, as unboxed
+    return bool(xfailed and not xfailed.run and not item.config.option.runxfail)
+
+
 def _request_shared_fixtures(item: pytest.Item) -> None:
-    request = getattr(item, "_request", None)
-    info = getattr(item, "_fixtureinfo", None)
-    if not request or info is None:
+    """Set up here every fixture of class scope or wider that the box's setup will reach.
+
+    pytest's own resolution walks the item's fixtures, with function fixtures stood in
+    for: a stand-in requests what its fixture requests (so a same-name override reaches
+    the definition it overrides, at any depth) and runs nothing. Wider fixtures run for
+    real, once, here, with their teardown on the collector that owns them. The stand-ins
+    leave no trace, so the box sets its function fixtures up in pytest's order, and finds
+    the wider ones cached.
+    """
+    top = getattr(item, "_request", None)
+    if not top or getattr(item, "_fixtureinfo", None) is None:
         return
-    for name in item.fixturenames:  # type: ignore[attr-defined]
-        definitions = info.name2fixturedefs.get(name)
-        if definitions and definitions[-1].scope != "function":
-            item.funcargs[name] = request.getfixturevalue(name)  # type: ignore[attr-defined]
+    from _pytest.fixtures import FixtureDef
+
+    stood_in: set[int] = set()
+    execute = FixtureDef.execute
+
+    def stand_in(fixturedef: Any, request: Any) -> Any:
+        if fixturedef.scope != "function":
+            return execute(fixturedef, request=request)
+        stood_in.add(id(fixturedef))
+        for argname in fixturedef.argnames:
+            request._get_active_fixturedef(argname)
+        return None
+
+    FixtureDef.execute = stand_in  # type: ignore[method-assign,assignment]
+    try:
+        for name in item.fixturenames:  # type: ignore[attr-defined]
+            top._get_active_fixturedef(name)
+    finally:
+        FixtureDef.execute = execute  # type: ignore[method-assign]
+        _forget_stand_ins(item, top, stood_in)
+
+
+def _forget_stand_ins(item: pytest.Item, request: Any, stood_in: set[int]) -> None:
+    """Leave the request as if only the wider fixtures had been asked for."""
+    cached = request._fixture_defs
+    depth = getattr(request, "_arg2index", None)  # pytest 8.0 counts override depth here
+    for name, fixturedef in list(cached.items()):
+        if id(fixturedef) in stood_in:
+            del cached[name]
+            if depth is not None:
+                depth.pop(name, None)
+        elif (result := getattr(fixturedef, "cached_result", None)) and result[2] is None:
+            item.funcargs[name] = result[0]  # type: ignore[attr-defined]
+
+
+def warn_of_wider_fixtures_set_up_here(item: pytest.Item) -> None:
+    """In a box: a fixture of class scope or wider that a test first asks for at run time
+    (``request.getfixturevalue``) cannot have been set up before the box; it is set up
+    here, in the box, and not torn down by pytest. Say so, with the fix."""
+    from _pytest.fixtures import FixtureDef
+
+    execute = FixtureDef.execute
+
+    def noting(fixturedef: Any, request: Any) -> Any:
+        if fixturedef.scope != "function" and fixturedef.cached_result is None:
+            warnings.warn(NsboxFixtureWarning(
+                f"nsbox: the {fixturedef.scope}-scoped fixture {fixturedef.argname!r} was first "
+                f"requested while {item.name} ran (request.getfixturevalue), so it was set up "
+                "in the test's box, not once in pytest, and ends with the box. Fix: name it as "
+                "an argument of the test or of a fixture it uses, or "
+                f"@pytest.mark.usefixtures({fixturedef.argname!r})."), stacklevel=2)
+        return execute(fixturedef, request=request)
+
+    FixtureDef.execute = noting  # type: ignore[method-assign,assignment]
+
+
+class NsboxFixtureWarning(pytest.PytestWarning):
+    """A wider fixture had to be set up inside a box."""
 
 
 @contextlib.contextmanager
@@ -194,7 +310,8 @@ def _in_box(item: pytest.Item, nextitem: pytest.Item | None, send: Any) -> None:
         if node is item:
             del state.stack[node]  # the parent pushed it to set up shared fixtures
         else:
-            state.stack[node] = ([], exc)  # the parent tears these down, not the box
+            state.stack[node] = (_Dropped(), exc)  # the parent tears these down, not the box
+    warn_of_wider_fixtures_set_up_here(item)
     config = item.config
     hook = config.hook
     before = {name: id(value) for name, value in vars(item).items()}
@@ -224,6 +341,18 @@ def _in_box(item: pytest.Item, nextitem: pytest.Item | None, send: Any) -> None:
     finally:
         if caught:
             send(("warnings", [_portable_warning(w) for w in caught]))
+
+
+class _Dropped(list):  # type: ignore[type-arg]
+    """The finalizers of a node the parent owns, as the box sees them: none, and none added.
+
+    A wider fixture's teardown belongs to the pytest process. pytest 8.0 and 8.1 register
+    a cached fixture's finish again each time a function fixture asks for it; kept, the
+    box that ends a module or the session would run that teardown a second time.
+    """
+
+    def append(self, _finalizer: Any) -> None:
+        return None
 
 
 def _run_phase(item: pytest.Item, phase: Phase,

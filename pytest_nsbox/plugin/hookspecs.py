@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from .box import Outcome
-    from .options import BoxOptions
+    from ..box.options import BoxOptions
+    from ..box.outcome import Outcome
 
 
 @pytest.hookspec

@@ -6,12 +6,15 @@ import signal
 from collections.abc import Sequence
 from typing import Any
 
+from .units import format_size
+
 __all__ = [
     "BoxError",
     "BoxExited",
     "BoxKilled",
     "BoxTimeout",
     "BoxUnavailable",
+    "ForwardWarning",
     "MemoryLimitExceeded",
     "RemoteError",
     "signal_name",
@@ -95,8 +98,6 @@ class MemoryLimitExceeded(BoxError):
     """The kernel killed the box for going over its memory limit."""
 
     def __init__(self, limit: int, peak: int | None) -> None:
-        from .options import format_size
-
         self.limit = limit
         self.peak = peak
         #: killed below its own limit: a cgroup around the box (an outer box's) ran out
@@ -140,3 +141,12 @@ class RemoteError(BoxError):
         self.type_name = type_name
         self.traceback = traceback
         super().__init__(f"{type_name}: {message}\n\nbox-side traceback:\n{traceback}")
+
+
+class ForwardWarning(UserWarning):
+    """A port of the session's (`auto_forward`) that the box did not get, and why.
+
+    A warning, not an error: the box runs on without it, as the test would have
+    without nsbox's help.
+    """
+

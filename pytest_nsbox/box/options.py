@@ -15,12 +15,17 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .units import format_size
+
 __all__ = [
     "OPTIONS",
     "BoxOptions",
     "OptionError",
     "OptionSpec",
+    "check_net_options",
     "format_size",
+    "parse_forward",
+    "parse_forward_text",
     "parse_options",
     "parse_size",
 ]
@@ -58,15 +63,6 @@ def parse_size(value: object, name: str = "memory") -> int:
     if number < 1:
         raise OptionError(name, value, _SIZE_ACCEPTED)
     return int(number)
-
-
-def format_size(size: int) -> str:
-    """The shortest exact binary-unit spelling of a size, for messages: 64 MiB, 1.5 GiB."""
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if size >= 1 << shift:
-            value = size / (1 << shift)
-            return f"{value:.1f} {unit}".replace(".0 ", " ")
-    return f"{size} B"
 
 
 def _number(name: str, accepted: str, minimum: float, integer: bool) -> Callable[[object], Any]:
@@ -238,10 +234,64 @@ def _io(value: object) -> Mapping[str, Any] | None:
     return checked
 
 
-def _forward(value: object) -> Mapping[int, tuple[str, int]] | None:
-    from .relay import parse_forward
+Target = tuple[str, int]
+_FORWARD_ACCEPTED = ("a dict {box_port: target}: box_port 1-65535 on the box's loopback, target "
+                     "'host:port', '[::1]:port', a port number (127.0.0.1) or a (host, port) pair; "
+                     "e.g. {5432: '127.0.0.1:5432'}")
 
-    return parse_forward(value)
+
+def _port(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    return value if isinstance(value, int) and 0 < value < 65536 else None
+
+
+def _target(value: object) -> Target | None:
+    port = _port(value)
+    if port is not None:
+        return ("127.0.0.1", port)
+    if isinstance(value, tuple | list) and len(value) == 2 and isinstance(value[0], str):
+        port = _port(value[1])
+        return (value[0], port) if port is not None and value[0] else None
+    if not isinstance(value, str):
+        return None
+    host, sep, port_text = value.strip().rpartition(":")
+    port = _port(port_text)
+    if not sep or port is None or not host:
+        return None
+    if host.startswith("["):
+        if not host.endswith("]") or len(host) < 3:
+            return None
+        host = host[1:-1]
+    elif ":" in host:
+        return None  # an IPv6 address needs brackets: '[::1]:5432'
+    return (host, port)
+
+
+def parse_forward(value: object) -> dict[int, Target] | None:
+    """Validate the `forward` option; raise OptionError naming what is accepted."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not value:
+        raise OptionError("forward", value, _FORWARD_ACCEPTED)
+    parsed: dict[int, Target] = {}
+    for key, raw in value.items():
+        port, target = _port(key), _target(raw)
+        if port is None or target is None:
+            raise OptionError(f"forward[{key!r}]", raw, _FORWARD_ACCEPTED)
+        parsed[port] = target
+    return parsed
+
+
+def parse_forward_text(text: str) -> dict[str, str]:
+    """The ini/CLI spelling: '5432=127.0.0.1:5432 8080=localhost:80' (or comma-separated)."""
+    pairs = [p.split("=", 1) for p in text.replace(",", " ").split()]
+    if not pairs or not all(len(p) == 2 for p in pairs):
+        raise OptionError("forward", text, "BOX_PORT=HOST:PORT pairs such as "
+                          "'5432=127.0.0.1:5432 8080=localhost:80'")
+    return {k: v for k, v in pairs}
 
 
 @dataclass(frozen=True)
@@ -267,15 +317,27 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "most tasks (processes and threads) alive at once in the box", "N"),
     OptionSpec("timeout", _number("timeout", "a positive number of seconds", 0, False), None,
                "wall-clock seconds; then every process in the box is killed", "SECONDS"),
+    OptionSpec("memory_budget", lambda value: parse_size(value, "memory_budget"), None,
+               "memory peak the test should stay under; it passes, but is reported as over "
+               "budget when it used more (it is not killed, unlike memory): bytes or '80M'",
+               "SIZE"),
+    OptionSpec("cpu_budget", _number("cpu_budget", "a positive number of CPU seconds", 0, False),
+               None, "CPU seconds the test should stay under; reported, not enforced, as "
+               "memory_budget", "SECONDS"),
     OptionSpec("net", _choice("net", ("isolated", "none", "host")), "isolated",
                "'isolated': own network, loopback up; 'none': no usable interface; "
                "'host': the host's network", "MODE", nullable=False),
     OptionSpec("netem", _netem, None,
                "link faults on the box's interfaces, e.g. {'delay': '50ms', 'loss': '1%'}",
                "DICT"),
-    OptionSpec("forward", _forward, None,
+    OptionSpec("forward", parse_forward, None,
                "host services reachable on the box's loopback (net='isolated'): "
                "{box_port: 'host:port'}, e.g. {5432: '127.0.0.1:5432'}", "PORTS"),
+    OptionSpec("auto_forward", _boolean("auto_forward"), True,
+               "in an isolated box, the TCP ports that pytest and its child processes "
+               "listen on when the box starts (a session fixture's server) are relayed to "
+               "the same address and port inside it; an explicit forward wins on a clash; "
+               "False: only forward's ports", "BOOL", nullable=False),
     OptionSpec("io", _io, None,
                "disk bandwidth and IOPS limits on the device behind a path, e.g. "
                "{'path': '/work', 'write_bps': '10M', 'read_iops': 100}", "DICT"),
@@ -284,6 +346,10 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("tmpfs", _path_list("tmpfs", "an absolute path or a list of absolute paths, "
                                    "e.g. ('/tmp', '/var/tmp')", "/"),
                ("/tmp",), "paths that get a fresh private tmpfs", "PATHS", nullable=False),
+    OptionSpec("tmpfs_mode", _choice("tmpfs_mode", ("overlay", "empty")), "overlay",
+               "'overlay': a tmpfs path shows what the host had there when the box started, "
+               "and what the box writes stays in the box (where the kernel allows overlay "
+               "mounts, else 'empty'); 'empty': an empty tmpfs", "MODE", nullable=False),
     OptionSpec("devices", _path_list("devices", "device paths under /dev such as ['/dev/fuse'], "
                                      "or 'host' for the host's whole /dev", "/dev/"),
                (), "devices the box sees and may open beyond its minimal /dev (null, zero, "
@@ -311,12 +377,16 @@ class BoxOptions:
     cpuset: str | None = None
     pids: int | None = None
     timeout: float | None = None
+    memory_budget: int | None = None
+    cpu_budget: float | None = None
     net: str = "isolated"
     netem: Mapping[str, str] | None = None
     forward: Mapping[int, tuple[str, int]] | None = None
+    auto_forward: bool = True
     io: Mapping[str, Any] | None = None
     hostname: str = "nsbox"
     tmpfs: tuple[str, ...] = ("/tmp",)
+    tmpfs_mode: str = "overlay"
     devices: tuple[str, ...] = ()
     readonly: bool = False
     user: str = "self"
@@ -347,10 +417,26 @@ def parse_options(values: Mapping[str, object], base: BoxOptions | None = None) 
     parsed: dict[str, Any] = {name: _parse_one(name, value) for name, value in values.items()}
     options = dataclasses.replace(base or BoxOptions(), **parsed)
     if options.netem or options.forward:
-        from .net import check_net_options
-
         check_net_options(options)
     return options
+
+
+def check_net_options(options: BoxOptions) -> None:
+    """Refuse option mixes that cannot mean anything: faults or forwards on the host's net."""
+    net = options.net
+    forward = getattr(options, "forward", None)
+    if options.netem and net != "isolated":
+        raise OptionError("netem", options.netem,
+                          "link faults together with net='isolated' (the box's own loopback; "
+                          f"net={net!r} has none to shape)")
+    if forward and net != "isolated":
+        raise OptionError("forward", forward,
+                          f"forwarded ports together with net='isolated' (net={net!r} has "
+                          "no loopback of its own to listen on)")
+    netem = options.netem or {}
+    if "reorder" in netem and "delay" not in netem:
+        raise OptionError("netem", netem, "'reorder' together with a 'delay' (netem reorders "
+                          "by sending some packets without the delay)")
 
 
 def parse_text(name: str, text: str) -> object:
@@ -359,8 +445,6 @@ def parse_text(name: str, text: str) -> object:
     if spec.nullable and text.strip().lower() in ("", "none"):
         return None
     if name == "forward":
-        from .relay import parse_forward_text
-
         return parse_forward_text(text)
     if name in ("netem", "io"):
         pairs = [p.split("=", 1) for p in text.replace(",", " ").split()]

@@ -4,10 +4,12 @@ A veth into the host's network namespace needs root; this does not. The box's in
 binds each forwarded port on the box's loopback (a socket belongs to the namespace it
 was made in) and passes the listening sockets to the parent over a Unix socketpair
 (SCM_RIGHTS). The parent accepts on them, connects to the host target and copies bytes
-both ways, in one daemon thread driven by a selector, until `Relay.stop()`.
+both ways, in one daemon thread driven by a selector, until `Relay.stop()`. The same
+path relays the session's own listeners (`auto_forward`, found by `listeners`): each
+at its own address and port in the box, to the same port on the host.
 
-Nothing here imports more than the standard library: the option parser runs at
-collection, `make_listeners` in every forwarding box's init.
+Nothing here imports more than the standard library (and the box's options, which import
+no more): `make_listeners` runs in every forwarding box's init.
 """
 
 from __future__ import annotations
@@ -19,78 +21,26 @@ import os
 import selectors
 import socket
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import namespaces as ns
+from ...box import namespaces as ns
+from ...box.options import Target, parse_forward
 
-__all__ = ["Relay", "make_listeners", "parse_forward", "parse_forward_text"]
+if TYPE_CHECKING:
+    from .listeners import AutoForward
 
-Target = tuple[str, int]
-ACCEPTED = ("a dict {box_port: target}: box_port 1-65535 on the box's loopback, target "
-            "'host:port', '[::1]:port', a port number (127.0.0.1) or a (host, port) pair; "
-            "e.g. {5432: '127.0.0.1:5432'}")
+__all__ = ["Relay", "make_listeners"]
+
 _CHUNK = 1 << 16
 _HIGH_WATER = 1 << 20  # stop reading a side while this much waits for the other
+_MAX_FDS = 253  # SCM_MAX_FD: most fds one message can pass
 
 
-def _port(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    return value if isinstance(value, int) and 0 < value < 65536 else None
-
-
-def _target(value: object) -> Target | None:
-    port = _port(value)
-    if port is not None:
-        return ("127.0.0.1", port)
-    if isinstance(value, tuple | list) and len(value) == 2 and isinstance(value[0], str):
-        port = _port(value[1])
-        return (value[0], port) if port is not None and value[0] else None
-    if not isinstance(value, str):
-        return None
-    host, sep, port_text = value.strip().rpartition(":")
-    port = _port(port_text)
-    if not sep or port is None or not host:
-        return None
-    if host.startswith("["):
-        if not host.endswith("]") or len(host) < 3:
-            return None
-        host = host[1:-1]
-    elif ":" in host:
-        return None  # an IPv6 address needs brackets: '[::1]:5432'
-    return (host, port)
-
-
-def parse_forward(value: object) -> dict[int, Target] | None:
-    """Validate the `forward` option; raise OptionError naming what is accepted."""
-    from .options import OptionError
-
-    if value is None:
-        return None
-    if not isinstance(value, Mapping) or not value:
-        raise OptionError("forward", value, ACCEPTED)
-    parsed: dict[int, Target] = {}
-    for key, raw in value.items():
-        port, target = _port(key), _target(raw)
-        if port is None or target is None:
-            raise OptionError(f"forward[{key!r}]", raw, ACCEPTED)
-        parsed[port] = target
-    return parsed
-
-
-def parse_forward_text(text: str) -> dict[str, str]:
-    """The ini/CLI spelling: '5432=127.0.0.1:5432 8080=localhost:80' (or comma-separated)."""
-    from .options import OptionError
-
-    pairs = [p.split("=", 1) for p in text.replace(",", " ").split()]
-    if not pairs or not all(len(p) == 2 for p in pairs):
-        raise OptionError("forward", text, "BOX_PORT=HOST:PORT pairs such as "
-                          "'5432=127.0.0.1:5432 8080=localhost:80'")
-    return {k: v for k, v in pairs}
+def _where(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _listen(family: int, address: str, port: int) -> socket.socket:
@@ -107,17 +57,22 @@ def _listen(family: int, address: str, port: int) -> socket.socket:
     return sock
 
 
-def make_listeners(forward: Mapping[int, Any], sock: socket.socket | int) -> None:
+def make_listeners(forward: Mapping[int, Any], sock: socket.socket | int,
+                   auto: Sequence[AutoForward] = ()) -> None:
     """Box side (its init, before the test forks): listen on the box's loopback, send the fds.
 
     Binds 127.0.0.1:port (and [::1]:port where the box has IPv6) for every forwarded
-    port, sends the listening sockets over `sock` and closes this side's copies and
-    `sock`: from then on the parent alone holds them. A connect in the test succeeds at
-    once (the kernel queues it) even before the parent's relay accepts it.
+    port, then each `auto` entry (the session's own listeners, `auto_forward`), sends
+    the listening sockets over `sock` and closes this side's copies and `sock`: from
+    then on the parent alone holds them. A connect in the test succeeds at once (the
+    kernel queues it) even before the parent's relay accepts it. An explicit port that
+    cannot be bound fails the box; an automatic one is named, with why, in the message
+    (the parent warns), and the box goes on without it.
     """
     channel = sock if isinstance(sock, socket.socket) else socket.socket(fileno=sock)
     listeners: list[socket.socket] = []
-    ports: list[int] = []
+    keys: list[tuple[str, int]] = []  # ("forward", port) or ("auto", index into `auto`)
+    refused: list[str] = []
     try:
         for port in forward:
             try:
@@ -125,13 +80,29 @@ def make_listeners(forward: Mapping[int, Any], sock: socket.socket | int) -> Non
             except OSError as exc:
                 raise ns.SetupFailed(f"forward: listen on 127.0.0.1:{port}",
                                      exc.errno or errno.EIO) from None
-            ports.append(port)
+            keys.append(("forward", port))
             if socket.has_ipv6:
                 with contextlib.suppress(OSError):
                     listeners.append(_listen(socket.AF_INET6, "::1", port))
-                    ports.append(port)
+                    keys.append(("forward", port))
+        for index, entry in enumerate(auto):
+            if len(listeners) >= _MAX_FDS:
+                refused.append(f"{_where(entry.address, entry.port)}: more than {_MAX_FDS} "
+                               "listeners to pass in one message")
+                continue
+            family = socket.AF_INET6 if ":" in entry.address else socket.AF_INET
+            try:
+                listeners.append(_listen(family, entry.address, entry.port))
+            except OSError as exc:
+                if entry.required:
+                    name = errno.errorcode.get(exc.errno or 0, "")
+                    refused.append(f"{_where(entry.address, entry.port)}: not relayed, the "
+                                   f"box could not listen there: {exc.strerror or exc} ({name})")
+                continue
+            keys.append(("auto", index))
         try:
-            socket.send_fds(channel, [json.dumps(ports).encode()],
+            message = {"keys": keys, "refused": refused}
+            socket.send_fds(channel, [json.dumps(message).encode()],
                             [s.fileno() for s in listeners])
         except OSError as exc:
             raise ns.SetupFailed("forward: send the listening sockets", exc.errno or 0) from None
@@ -155,15 +126,21 @@ class _Flow:
     outer_eof: bool = False
     outer_shut: bool = False
     inner_shut: bool = False
+    auto: bool = False  # relays an auto_forward listener
 
 
 class Relay:
     """Parent side: accept on the box's listeners, connect to the targets, copy both ways."""
 
-    def __init__(self, forward: Mapping[int, Any]) -> None:
+    started = 0  # relays started in this process, so tests can see none was
+
+    def __init__(self, forward: Mapping[int, Any] | None,
+                 auto: Sequence[AutoForward] = ()) -> None:
         self.targets: dict[int, Target] = parse_forward(forward) or {}
+        self.auto = tuple(auto)  # the session's own listeners (auto_forward)
         self.connections = 0  # accepted so far, for tests and reports
         self.errors: list[str] = []  # targets that refused or failed, in words
+        self.problems: list[str] = []  # auto_forward ports not relayed, and why
         self.ports: list[int] = []  # box ports whose listeners arrived
         self._selector: selectors.BaseSelector | None = None
         self._thread: threading.Thread | None = None
@@ -172,8 +149,13 @@ class Relay:
         self._wake_r, self._wake_w = -1, -1
         self._stopping = False
 
-    def start(self, sock: socket.socket | int) -> None:
-        """Serve in a daemon thread; `sock` is the parent's end of the box's socketpair."""
+    def attach(self, sock: socket.socket | int) -> None:
+        """Take the parent's end of the box's socketpair; serve nothing yet.
+
+        Most boxes never connect to what they are given (a session's server that their
+        test does not use): until one does, the supervisor polls `waiting_fds()` beside
+        the box's pipes and calls `ready()`, and no thread runs.
+        """
         channel = sock if isinstance(sock, socket.socket) else socket.socket(fileno=sock)
         channel.setblocking(False)
         self._owned.append(channel)
@@ -181,19 +163,60 @@ class Relay:
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         self._selector.register(channel, selectors.EVENT_READ, ("channel", None))
+
+    def waiting_fds(self) -> list[int]:
+        """The fds to watch until the relay serves: the channel, then the box's listeners."""
+        if self._selector is None or self._thread is not None:
+            return []
+        return [key.fd for key in self._selector.get_map().values() if key.fd != self._wake_r]
+
+    def ready(self) -> bool:
+        """Handle what arrived, without blocking; True once a connection started the thread
+        (which serves every fd from then on)."""
+        assert self._selector is not None
+        if self._thread is not None:
+            return True
+        for key, _ in self._selector.select(0):
+            kind = key.data[0]
+            if kind == "channel":
+                try:
+                    self._receive(key.fileobj)  # type: ignore[arg-type]
+                except OSError as exc:  # no listeners came: stop watching the channel
+                    self.errors.append(f"channel: {exc}")
+                    with contextlib.suppress(KeyError, ValueError):
+                        self._selector.unregister(key.fileobj)
+            elif kind == "listener":
+                self._start_thread()
+                return True
+        return False
+
+    def start(self, sock: socket.socket | int) -> None:
+        """Serve in a daemon thread at once; `sock` is the parent's end of the socketpair."""
+        self.attach(sock)
+        self._start_thread()
+
+    def _start_thread(self) -> None:
         self._thread = threading.Thread(target=self._serve, name="nsbox-relay", daemon=True)
         self._thread.start()
+        Relay.started += 1
 
     def stop(self) -> None:
         """Close every listener, connection and fd, and join the thread."""
-        if self._thread is None:
+        if self._selector is None:
             return
+        if self._thread is None:
+            self.ready()  # the listeners' report, if it came: its problems are said
+            if self._thread is None:
+                self._close_all()
+                return
         self._stopping = True
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
         self._thread.join()
+        _wait_gone(self._thread)
         self._thread = None
         os.close(self._wake_w)
+        self._selector = None
 
     # -- the relay thread ---------------------------------------------------------------
 
@@ -212,12 +235,19 @@ class Relay:
                         else:
                             self.errors.append(f"{kind}: {exc}")
         finally:
-            for flow in list(self._flows):
-                self._close_flow(flow)
-            for sock in self._owned:
-                sock.close()
-            selector.close()
-            os.close(self._wake_r)
+            self._close_all(wake_w=False)
+
+    def _close_all(self, wake_w: bool = True) -> None:
+        assert self._selector is not None
+        for flow in list(self._flows):
+            self._close_flow(flow)
+        for sock in self._owned:
+            sock.close()
+        self._selector.close()
+        os.close(self._wake_r)
+        if wake_w:
+            os.close(self._wake_w)
+            self._selector = None
 
     def _handle(self, kind: str, data: Any, fileobj: Any, events: int) -> None:
         if kind == "channel":
@@ -230,53 +260,68 @@ class Relay:
     def _receive(self, channel: socket.socket) -> None:
         """The box's listening sockets arrive (or the box ended without sending any)."""
         assert self._selector is not None
-        message, fds, _, _ = socket.recv_fds(channel, 4096, 64)
+        message, fds, _, _ = socket.recv_fds(channel, 1 << 16, _MAX_FDS)
         self._selector.unregister(channel)
-        ports = json.loads(message) if message else []
+        sent = json.loads(message) if message else {}
+        keys = [tuple(key) for key in sent.get("keys", ())]
+        self.problems += [f"auto_forward {text}" for text in sent.get("refused", ())]
         for fd in fds:
             os.set_inheritable(fd, False)  # recvmsg hands them over inheritable
-        for port, fd in zip(ports, fds, strict=False):
+        for key, fd in zip(keys, fds, strict=False):
             listener = socket.socket(fileno=fd)
             listener.setblocking(False)
             self._owned.append(listener)
-            self.ports.append(port)
-            self._selector.register(listener, selectors.EVENT_READ, ("listener", port))
-        for fd in fds[len(ports):]:
+            self.ports.append(key[1] if key[0] == "forward" else self.auto[key[1]].port)
+            self._selector.register(listener, selectors.EVENT_READ, ("listener", key))
+        for fd in fds[len(keys):]:
             os.close(fd)
 
-    def _accept(self, listener: socket.socket, port: int) -> None:
+    def _accept(self, listener: socket.socket, key: tuple[str, int]) -> None:
         try:
             inner, _ = listener.accept()
         except BlockingIOError:
             return
         inner.setblocking(False)
         self.connections += 1
-        host, target_port = self.targets[port]
-        where = f"forward {port} -> {host}:{target_port}"
+        if key[0] == "forward":
+            host, target_port = self.targets[key[1]]
+            where = f"forward {key[1]} -> {_where(host, target_port)}"
+        else:
+            entry = self.auto[key[1]]
+            host, target_port = entry.target, entry.port
+            where = (f"auto_forward {_where(entry.address, entry.port)} -> the host's "
+                     f"{_where(host, target_port)}")
         try:
             family, kind, proto, _, address = socket.getaddrinfo(
                 host, target_port, type=socket.SOCK_STREAM)[0]
             outer = socket.socket(family, kind, proto)
         except OSError as exc:
-            self.errors.append(f"{where}: {exc}")
+            self._error(key, f"{where}: {exc}")
             _reset(inner)
             return
         outer.setblocking(False)
         code = outer.connect_ex(address)
         if code not in (0, errno.EINPROGRESS):
-            self.errors.append(f"{where}: {os.strerror(code)}")
+            self._error(key, f"{where}: {os.strerror(code)}")
             _reset(inner)
             outer.close()
             return
-        flow = _Flow(inner, outer, where, connecting=code != 0)
+        flow = _Flow(inner, outer, where, connecting=code != 0, auto=key[0] == "auto")
         self._flows.add(flow)
         self._interest(flow)
+
+    def _error(self, key: tuple[str, int], text: str) -> None:
+        """A failed connection; an automatic one is also a problem the parent warns about."""
+        self.errors.append(text)
+        if key[0] == "auto" and text not in self.problems:
+            self.problems.append(text)
 
     def _pump(self, flow: _Flow, side: str, events: int) -> None:
         if side == "outer" and flow.connecting:
             code = flow.outer.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if code:
-                self.errors.append(f"{flow.target}: {os.strerror(code)}")
+                self._error(("auto" if flow.auto else "forward", 0),
+                            f"{flow.target}: {os.strerror(code)}")
                 self._close_flow(flow, reset=True)
                 return
             flow.connecting = False
@@ -356,3 +401,18 @@ def _reset(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     sock.close()
+
+
+def _wait_gone(thread: threading.Thread) -> None:
+    """Wait until the kernel has ended `thread`, not just until join() returns.
+
+    A Python thread frees its thread state after join() can return and after it let go of
+    the GIL; with tracemalloc tracing (a session fixture may start it), that free takes
+    tracemalloc's lock. pytest forks the next box right after this: a fork inside that
+    window left the lock held in the box's test process, which hung on its first
+    allocation (redis-py's suite: 2-3 boxes in 770; tests/test_net.py checks the wait).
+    """
+    task = f"/proc/self/task/{thread.native_id}"
+    deadline = time.monotonic() + 1.0
+    while os.path.exists(task) and time.monotonic() < deadline:
+        time.sleep(0.0001)

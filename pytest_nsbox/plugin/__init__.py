@@ -1,16 +1,23 @@
-"""pytest hooks: the nsbox marker, --nsbox and its defaults, and the boxed runtest protocol."""
+"""pytest hooks: the nsbox marker, --nsbox and its defaults, and the boxed runtest protocol.
+
+This module is the plugin pytest loads (the ``pytest11`` entry point ``nsbox``, or
+``-p pytest_nsbox.plugin``); its hooks live here and nowhere else, so they register once.
+The rest of the pytest side: `state` (per-session state and stash keys), `protocol` (the
+boxed runtest protocol), `hookspecs` (hooks for other plugins) and `usage` (usage
+baselines, comparisons and the HTML report).
+"""
 
 from __future__ import annotations
 
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from .options import OPTIONS, BoxOptions, OptionError, parse_options, parse_text
+from ..box.options import OPTIONS, BoxOptions, OptionError, parse_options, parse_text
+from .state import SessionState, options_key, state_key, timeout_key
 
 MARKER_HELP = (
     "nsbox(**options): run this test in an isolated box (fresh user, pid, net, mount, uts and "
@@ -18,27 +25,6 @@ MARKER_HELP = (
     + "; e.g. @pytest.mark.nsbox(memory='256M', net='isolated', timeout=10). "
     "nsbox(enabled=False) opts out under --nsbox."
 )
-
-
-@dataclass
-class SessionState:
-    """Per-session settings, fixed at configure time."""
-
-    defaults: BoxOptions
-    box_all: bool
-    unavailable: str = "fail"
-    keep_paths: tuple[str, ...] = ()
-    writable_paths: tuple[str, ...] = ()
-    prepared: bool = False
-    #: why boxing is off for this run (e.g. --pdb), or ""
-    disabled: str = ""
-    #: nodeid -> the usage properties of its last box, kept only for --nsbox-usage
-    usage: dict[str, dict[str, Any]] = field(default_factory=dict)
-    keep_usage: bool = False
-
-
-state_key = pytest.StashKey[SessionState]()
-options_key = pytest.StashKey["BoxOptions | None"]()
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -64,10 +50,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="print what this machine gives boxes (namespaces, mounts, cgroups, "
                          "netem) with a fix for each missing piece, and exit (0 PASS, "
                          "1 DEGRADED, 2 FAIL)")
+    from .usage import add_options as add_usage_options
+
+    add_usage_options(parser, group)  # --nsbox-usage-save, -compare, -fail, -report
     for spec in OPTIONS:
         if spec.name == "enabled":
             continue
-        group.addoption(f"--nsbox-{spec.name}", dest=f"nsbox_{spec.name}", metavar=spec.metavar,
+        flag = f"--nsbox-{spec.name.replace('_', '-')}"
+        group.addoption(flag, dest=f"nsbox_{spec.name}", metavar=spec.metavar,
                         default=None,
                         help=f"default box {spec.name}: {spec.help}".replace("%", "%%"))
         parser.addini(f"nsbox_{spec.name}", default=None,
@@ -87,7 +77,8 @@ def _defaults(config: pytest.Config) -> BoxOptions:
             values[spec.name] = parse_text(spec.name, str(text))
             parse_options({spec.name: values[spec.name]})
         except OptionError as exc:
-            source = f"--nsbox-{spec.name}" if cli is not None else f"ini nsbox_{spec.name}"
+            source = (f"--nsbox-{spec.name.replace('_', '-')}" if cli is not None
+                      else f"ini nsbox_{spec.name}")
             raise pytest.UsageError(f"{source}: {exc}") from None
     return parse_options(values)
 
@@ -107,10 +98,13 @@ def pytest_configure(config: pytest.Config) -> None:
         state.disabled = "--pdb and --trace need the terminal"
     config.stash[state_key] = state
     if config.getini("nsbox_best_effort"):
-        from . import cgroups
+        from ..resources import cgroups
 
         cgroups.BEST_EFFORT = True
     _box_reruns(config)
+    from .usage import configure as configure_usage
+
+    configure_usage(config)  # registers the usage hooks only when a usage flag is given
 
 
 def _box_reruns(config: pytest.Config) -> None:
@@ -143,7 +137,7 @@ def _reruns_handle(item: pytest.Item) -> bool:
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if config.getoption("nsbox_doctor"):
-        from .doctor import run_from_pytest
+        from ..doctor import run_from_pytest
 
         return run_from_pytest(config)
     return None
@@ -153,9 +147,10 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     state = config.stash[state_key]
     if not (state.box_all or config.getoption("verbose") > 0):
         return None  # only when boxing is on for every test, or asked with -v
-    from .doctor import boxing_available, header_line
+    from ..doctor import boxing_available, header_line
 
-    line = header_line()
+    defaults = state.defaults
+    line = header_line(defaults.tmpfs_mode, tuple(defaults.tmpfs))
     if config.getini("nsbox_best_effort"):
         line += "; best-effort limits: rlimits where cgroups cannot hold a limit"
     if state.box_all and not state.disabled:
@@ -171,7 +166,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     usage = config.stash[state_key].usage if state_key in config.stash else {}
     if not count or not usage:
         return
-    from .options import format_size
+    from ..box.units import format_size
 
     write = terminalreporter.write_line
     for key, title in (("nsbox_memory_peak", "memory peak"), ("nsbox_cpu_seconds", "CPU")):
@@ -188,10 +183,20 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             write(f"{value:>12}{extra}  {nodeid}")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    protocol = sys.modules.get("pytest_nsbox.plugin.protocol")
+    if protocol is not None:
+        protocol.forget_boxes()  # the session's Box per distinct options
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
-    cgroups = sys.modules.get("pytest_nsbox.cgroups")
+    spawn = sys.modules.get("pytest_nsbox.box.spawn")
+    if spawn is not None:
+        spawn.close()  # the box made ahead, the inits and cgroups of the last boxes
+    cgroups = sys.modules.get("pytest_nsbox.resources.cgroups")
     if cgroups is None and _in_a_leaf():
-        from . import cgroups  # an xdist controller moved into a v2 leaf with its workers
+        from ..resources import cgroups  # an xdist controller moved into a v2 leaf with its workers
     if cgroups is not None:
         cgroups.session_cleanup()  # this process's session cgroup, once no box is left
 
@@ -215,8 +220,20 @@ def item_options(item: pytest.Item, state: SessionState) -> BoxOptions | None:
             raise OptionError("nsbox", mark.args,
                               "keyword options only, e.g. nsbox(memory='64M')")
         values.update(mark.kwargs)
-    options = parse_options(values, base=state.defaults)
+    # parsed once per distinct set of values: the items that share it share one
+    # BoxOptions (and so one Box in the protocol)
+    key = repr(sorted(values.items()))
+    options = _parsed.get(key)
+    if options is None or _parsed_defaults[0] is not state.defaults:
+        if _parsed_defaults[0] is not state.defaults:
+            _parsed.clear()
+            _parsed_defaults[0] = state.defaults
+        options = _parsed[key] = parse_options(values, base=state.defaults)
     return options if options.enabled and not state.disabled else None
+
+
+_parsed: dict[str, BoxOptions] = {}
+_parsed_defaults: list[BoxOptions | None] = [None]
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
@@ -237,6 +254,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             item.ihook.pytest_collectreport(report=report)
     if bad:
         items[:] = [item for item in items if item not in bad]
+    from .usage import watch_budgets
+
+    watch_budgets(config, items)  # memory_budget/cpu_budget: checked where boxes run
 
 
 def _prepared(item: pytest.Item) -> SessionState:
@@ -268,14 +288,11 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     return True
 
 
-timeout_key = pytest.StashKey[float]()
-
-
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
     """pytest-timeout on a boxed test: the box's own timeout kills the whole box instead
     of a signal in pytest (inside a box, with func_only, pytest-timeout arms its own)."""
-    from .box import current_box
+    from ..box.context import current_box
 
     if current_box() is not None or item.stash.get(options_key, None) is None:
         return None
@@ -285,7 +302,7 @@ def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_timeout_cancel_timer(item: pytest.Item) -> bool | None:
-    from .box import current_box
+    from ..box.context import current_box
 
     if current_box() is not None or item.stash.get(options_key, None) is None:
         return None
@@ -310,7 +327,7 @@ def nsbox_network() -> Iterator[Any]:
     ``net.link("a").faults(delay="20ms")``, ``net.partition(["a"], ["b"])`` and
     ``net.heal()`` change the network while the test runs. Works rootless.
     """
-    from .topology import NetworkFactory
+    from ..resources.net.topology import NetworkFactory
 
     factory = NetworkFactory()
     try:
@@ -322,7 +339,7 @@ def nsbox_network() -> Iterator[Any]:
 @pytest.fixture
 def nsbox() -> Any:
     """The running box: ``nsbox.options`` and ``nsbox.usage()`` (only in a boxed test)."""
-    from .box import current_box
+    from ..box.context import current_box
 
     context = current_box()
     if context is None:

@@ -35,8 +35,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
-from . import namespaces as ns
-from .errors import BoxError, BoxUnavailable
+from ...box import namespaces as ns
+from ...box.errors import BoxError, BoxUnavailable
+from ...box.namespaces import mounts
 
 __all__ = ["Host", "HostProcess", "Link", "Network", "NetworkFactory"]
 
@@ -98,7 +99,7 @@ class _Hub:
         return ipr
 
     def handle(self, request: Mapping[str, Any]) -> Any:
-        from .net import set_faults
+        from .netem import set_faults
 
         op = request["op"]
         if op == "faults":
@@ -171,8 +172,8 @@ def _hub_main(channel: socket.socket, names: Sequence[str], addresses: Sequence[
 
 
 def _describe(exc: BaseException) -> str:
-    from .fixes import explain_setup_failure
-    from .net import QdiscUnavailable
+    from ...box.fixes import explain_setup_failure
+    from .netem import QdiscUnavailable
 
     if isinstance(exc, QdiscUnavailable):
         return str(exc)
@@ -196,8 +197,8 @@ class HostProcess:
 
     def result(self, timeout: float | None = None) -> Any:
         """The function's return value, or its exception re-raised; kill it after `timeout`."""
-        from .box import _rebuild
-        from .channel import FrameDecoder
+        from ...box.channel import FrameDecoder
+        from ...box.remote import rebuild
 
         deadline = None if timeout is None else time.monotonic() + timeout
         while self._fd is not None:
@@ -219,7 +220,7 @@ class HostProcess:
             if frame[0] == "return":
                 return frame[1]
             if frame[0] == "raise":
-                raise _rebuild(frame)
+                raise rebuild(frame)
         raise BoxError(f"host {self.host}: process {self.pid} ended (wait status {status}) "
                        "without a result")
 
@@ -269,14 +270,14 @@ class Host:
         _setns(net._netns_fds[self.name], ns.CLONE_NEWNET, "network")
         ns.unshare(ns.CLONE_NEWNS | ns.CLONE_NEWUTS)
         ns.make_mounts_private()
-        ns._mount_call(net._hosts_file, "/etc/hosts", None, ns.MS_BIND, None,
+        mounts._mount_call(net._hosts_file, "/etc/hosts", None, mounts.MS_BIND, None,
                        "bind the network's /etc/hosts")
         ns.set_hostname(self.name)
 
     def spawn(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> HostProcess:
         """Start `fn(*args, **kwargs)` in this host; returns at once (a server, say)."""
-        from .box import _raised
-        from .channel import encode_frame, write_frame
+        from ...box.channel import encode_frame, write_frame
+        from ...box.remote import raise_frame
 
         read_fd, write_fd = os.pipe()
         pid = os.fork()
@@ -291,11 +292,11 @@ class Host:
                 try:
                     frame: tuple[Any, ...] = ("return", fn(*args, **kwargs))
                 except BaseException as exc:
-                    frame = _raised(exc)
+                    frame = raise_frame(exc)
                 try:
                     data = encode_frame(frame)
                 except Exception as exc:
-                    data = encode_frame(_raised(TypeError(
+                    data = encode_frame(raise_frame(TypeError(
                         f"the result of {fn!r} in host {self.name} could not be sent: {exc}")))
                 write_frame(write_fd, data)
             except BaseException:
@@ -339,7 +340,7 @@ class Link:
         """Set faults on this link, e.g. `faults(delay="20ms", loss="1%")`; None clears."""
         spec = dict(netem or {}, **keys) or None
         if spec is not None:
-            from .options import parse_options
+            from ...box.options import parse_options
 
             spec = dict(parse_options({"netem": spec}).netem or {})
         self.network._request({"op": "faults", "host": self.host, "netem": spec})

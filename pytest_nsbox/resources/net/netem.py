@@ -1,4 +1,4 @@
-"""Link faults (tc: netem, tbf) on a box's interfaces, and the net-option cross-checks.
+"""Link faults (tc: netem, tbf) on a box's interfaces.
 
 The box's init calls `apply_netem` after it brought `lo` up, in the box's own network
 namespace, before it forks the test. pyroute2 is imported inside the functions that
@@ -14,17 +14,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import namespaces as ns
+from ...box import namespaces as ns
 
 if TYPE_CHECKING:
-    from .options import BoxOptions
+    from ...box.options import BoxOptions
 
 __all__ = [
     "NETEM_FIX",
     "QdiscPlan",
     "QdiscUnavailable",
     "apply_netem",
-    "check_net_options",
     "parse_percent",
     "parse_rate",
     "parse_time",
@@ -186,23 +185,3 @@ def apply_netem(options: BoxOptions | Mapping[str, str] | None,
             if not found:
                 raise ns.SetupFailed(f"netem: no interface {name}", errno.ENODEV)
             set_faults(ipr, found[0], name, netem)
-
-
-def check_net_options(options: BoxOptions) -> None:
-    """Refuse option mixes that cannot mean anything: faults or forwards on the host's net."""
-    from .options import OptionError
-
-    net = options.net
-    forward = getattr(options, "forward", None)
-    if options.netem and net != "isolated":
-        raise OptionError("netem", options.netem,
-                          "link faults together with net='isolated' (the box's own loopback; "
-                          f"net={net!r} has none to shape)")
-    if forward and net != "isolated":
-        raise OptionError("forward", forward,
-                          f"forwarded ports together with net='isolated' (net={net!r} has "
-                          "no loopback of its own to listen on)")
-    netem = options.netem or {}
-    if "reorder" in netem and "delay" not in netem:
-        raise OptionError("netem", netem, "'reorder' together with a 'delay' (netem reorders "
-                          "by sending some packets without the delay)")

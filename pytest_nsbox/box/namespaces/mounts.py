@@ -1,0 +1,146 @@
+"""The box's mounts: private propagation, /proc, tmpfs, overlays, binds, read-only.
+
+Everything here runs in the box's first process (its pid 1), in its mount namespace.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+
+from .libc import SetupFailed, check, libc
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+
+_SYS_MOUNT_SETATTR = 442  # the same on every architecture (new syscall table)
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+
+_mount = libc.mount
+_mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                   ctypes.c_char_p]
+_syscall = libc.syscall
+_syscall.restype = ctypes.c_long
+
+
+def _mount_call(source: str | None, target: str, fstype: str | None, flags: int,
+                data: str | None, step: str) -> None:
+    result = _mount(
+        source.encode() if source else None,
+        target.encode(),
+        fstype.encode() if fstype else None,
+        flags,
+        data.encode() if data else None,
+    )
+    check(result, f"{step} ({target})")
+
+
+def make_mounts_private() -> None:
+    """Stop mount events propagating to the host: every box mount stays in the box."""
+    _mount_call(None, "/", None, MS_REC | MS_PRIVATE, None, "make / private")
+
+
+def mount_proc() -> None:
+    _mount_call("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None, "mount /proc")
+
+
+def mount_tmpfs(path: str, mode: str = "1777") -> None:
+    _mount_call("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={mode}", "mount tmpfs")
+
+
+def mount_overlay(lower_fd: int, path: str) -> None:
+    """Cover `path`, a fresh tmpfs, with an overlay: the directory open as `lower_fd` (the
+    host's, opened before the tmpfs hid it) below, that tmpfs above. The box sees the
+    host's files and writes only its own layer.
+
+    Unprivileged overlay mounts (Linux 5.11+) need ``userxattr``; where that is refused
+    (no user namespace), it is tried without.
+    """
+    lower = os.fstat(lower_fd)
+    upper, work = f"{path.rstrip('/')}/.nsbox-upper", f"{path.rstrip('/')}/.nsbox-work"
+    os.mkdir(upper)
+    os.chmod(upper, lower.st_mode & 0o7777)  # the overlay's top directory is the upper one
+    try:
+        os.chown(upper, lower.st_uid, lower.st_gid)  # root's /tmp stays root's, where mapped
+    except OSError:
+        pass  # an owner the box's user namespace does not map
+    os.mkdir(work, 0o700)
+    data = f"lowerdir=/proc/self/fd/{lower_fd},upperdir={upper},workdir={work}"
+    try:
+        try:
+            _mount_call("overlay", path, "overlay", MS_NOSUID | MS_NODEV,
+                        data + ",userxattr", "mount overlay")
+        except SetupFailed as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            _mount_call("overlay", path, "overlay", MS_NOSUID | MS_NODEV, data,
+                        "mount overlay")
+    except SetupFailed:
+        for entry in os.listdir(work):  # the overlay's attempt leaves its work/ there
+            os.rmdir(f"{work}/{entry}")
+        os.rmdir(work)  # the tmpfs stays, empty, as tmpfs_mode='empty' leaves it
+        os.rmdir(upper)
+        raise
+
+
+def mount_devpts(path: str) -> None:
+    """A pts instance of the box's own: its ptys are not the host's."""
+    _mount_call("devpts", path, "devpts", MS_NOSUID | MS_NOEXEC,
+                "newinstance,ptmxmode=0666,mode=0620", "mount devpts")
+
+
+def bind_file(fd: int, path: str) -> None:
+    """Bind the file open as `fd` (a device node of the host) onto a new file at `path`."""
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    _mount_call(f"/proc/self/fd/{fd}", path, None, MS_BIND, None, f"bind device {path}")
+
+
+def bind_back(fd: int, path: str) -> None:
+    """Bind the directory open as `fd` onto `path` again (it was covered by a tmpfs)."""
+    os.makedirs(path, exist_ok=True)
+    _mount_call(f"/proc/self/fd/{fd}", path, None, MS_BIND, None, "bind a kept path")
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def _set_readonly(path: str, readonly: bool, recursive: bool, step: str) -> None:
+    attr = _MountAttr(MOUNT_ATTR_RDONLY if readonly else 0, 0 if readonly else MOUNT_ATTR_RDONLY)
+    result = _syscall(
+        ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_int(-100), path.encode(),
+        ctypes.c_uint(AT_RECURSIVE if recursive else 0), ctypes.byref(attr),
+        ctypes.c_size_t(ctypes.sizeof(attr)),
+    )
+    check(result, step)
+
+
+def make_readonly(path: str = "/") -> None:
+    """Every mount at and below `path` read-only, in one call (mount_setattr, Linux 5.12)."""
+    _set_readonly(path, True, True, "make the file system read-only (mount_setattr)")
+
+
+def bind_readonly(fd: int, path: str) -> None:
+    """Bind the directory open as `fd` onto `path`, read-only (that one mount)."""
+    os.makedirs(path, exist_ok=True)
+    _mount_call(f"/proc/self/fd/{fd}", path, None, MS_BIND, None, "bind read-only")
+    _set_readonly(path, True, False, f"make {path} read-only (mount_setattr)")
+
+
+def make_writable(fd: int, path: str) -> None:
+    """Bind `path` (open as `fd`) onto itself and make that one mount writable again."""
+    _mount_call(f"/proc/self/fd/{fd}", path, None, MS_BIND, None, "bind a writable path")
+    _set_readonly(path, False, False, f"make {path} writable (mount_setattr)")

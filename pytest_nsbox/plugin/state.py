@@ -1,0 +1,36 @@
+"""The plugin's per-session state and the stash keys the pytest side shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from ..box.options import BoxOptions
+
+__all__ = ["SessionState", "options_key", "state_key", "timeout_key"]
+
+
+@dataclass
+class SessionState:
+    """Per-session settings, fixed at configure time."""
+
+    defaults: BoxOptions
+    box_all: bool
+    unavailable: str = "fail"
+    keep_paths: tuple[str, ...] = ()
+    writable_paths: tuple[str, ...] = ()
+    prepared: bool = False
+    #: why boxing is off for this run (e.g. --pdb), or ""
+    disabled: str = ""
+    #: nodeid -> the usage properties of its last box, kept only for --nsbox-usage
+    usage: dict[str, dict[str, Any]] = field(default_factory=dict)
+    keep_usage: bool = False
+
+
+state_key = pytest.StashKey[SessionState]()
+options_key = pytest.StashKey["BoxOptions | None"]()
+
+
+timeout_key = pytest.StashKey[float]()

@@ -1,0 +1,252 @@
+"""The pytest hooks of the usage flags; registered by `pytest_nsbox.plugin.usage.configure` only
+when a flag asks for them, so a session without them runs none of this."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Generator
+from typing import Any
+
+import pytest
+
+from .baseline import Baseline, BaselineError, document, load, save, write_atomically
+from .compare import Comparison, RulesError, Threshold, compare, default_thresholds, parse_rules
+from .names import CONTROLLER, NsboxBudgetWarning
+from .record import Recorder, box_properties
+
+_FORMAT = "a JSON file written by --nsbox-usage-save (schema 1)"
+
+
+class BoxSide:
+    """In the process that runs the boxes (pytest, or each xdist worker): put the limits,
+    OOM and budgets of each box on its teardown report, and warn of an exceeded budget."""
+
+    def __init__(self, limits: bool) -> None:
+        self.limits = limits
+        self._pending: dict[str, list[tuple[str, Any]]] = {}
+
+    def pytest_nsbox_outcome(self, item: pytest.Item, outcome: Any) -> None:
+        from ..state import options_key
+
+        pairs = box_properties(item.stash.get(options_key, None), outcome, self.limits)
+        for name, value in pairs:
+            if name == "nsbox_over_budget":
+                with contextlib.suppress(Warning):  # -W error: the property still says it
+                    item.warn(NsboxBudgetWarning(
+                        f"nsbox: over budget: {value} (the test is not failed for it)"))
+        if pairs:
+            self._pending[item.nodeid] = pairs
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "teardown":
+            pairs = self._pending.pop(report.nodeid, None)
+            if pairs:
+                report.user_properties.extend(pairs)  # before junitxml and xdist read it
+
+
+def _thresholds(config: pytest.Config) -> dict[str, Threshold | None]:
+    thresholds = default_thresholds()
+    for source, text in (("ini nsbox_usage_fail", config.getini("nsbox_usage_fail")),
+                         ("--nsbox-usage-fail", config.getoption("nsbox_usage_fail"))):
+        try:
+            thresholds = parse_rules(text, thresholds)
+        except RulesError as exc:
+            raise pytest.UsageError(f"{source}: {exc}") from None
+    return thresholds
+
+
+class UsagePlugin:
+    """In pytest or the xdist controller: rows from the reports, then at the session's end
+    the comparison, the saved file and the report page."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.save_path: str | None = config.getoption("nsbox_usage_save")
+        self.compare_path: str | None = config.getoption("nsbox_usage_compare")
+        self.report_path: str | None = config.getoption("nsbox_usage_report")
+        self.thresholds = _thresholds(config)
+        warn_only = config.getoption("nsbox_usage_warn_only")
+        self.warn_only = bool(warn_only if warn_only is not None
+                              else config.getini("nsbox_usage_warn_only"))
+        #: budgets fail the run only in a session that checks usage
+        self.checking = bool(self.compare_path or config.getoption("nsbox_usage_fail"))
+        self.baseline: Baseline | None = None
+        if self.compare_path:
+            try:
+                self.baseline = load(self.compare_path)
+            except BaselineError as exc:
+                raise pytest.UsageError(f"--nsbox-usage-compare: {exc}; accepted: "
+                                        f"{_FORMAT}") from None
+        self.recorder = Recorder()
+        self.interrupted = False
+        self.comparison: Comparison | None = None
+        self.failing = False
+        self.notes: list[tuple[str, dict[str, bool]]] = []
+        config.pluginmanager.register(_ShortSummary(self), CONTROLLER + "-short")
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.recorder.add(report)
+
+    def pytest_keyboard_interrupt(self) -> None:
+        self.interrupted = True  # Ctrl-C, or pytest.exit() from a test
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        rows = self.recorder.rows
+        base_rows = self.baseline.rows if self.baseline is not None else None
+        self.comparison = compare(base_rows, rows, self.thresholds)
+        self.failing = bool(self.comparison.regressions
+                            or (self.checking and self.comparison.over_budget))
+        if self.failing and not self.warn_only and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        meta = self._session_meta(session, exitstatus)
+        if self.save_path:
+            why_not = self._incomplete(session, exitstatus)
+            if why_not:
+                self.notes.append((f"nsbox: usage not saved ({why_not}); {self.save_path} "
+                                   "is left as it was", {"yellow": True}))
+            else:
+                try:
+                    save(self.save_path, rows, meta)
+                    self.notes.append((f"nsbox: usage of {len(rows)} boxed tests saved to "
+                                       f"{self.save_path}", {}))
+                except OSError as exc:
+                    self.notes.append((f"nsbox: usage not saved to {self.save_path}: {exc}",
+                                       {"red": True}))
+        if self.report_path:
+            from .html import render
+
+            page_meta = document({}, meta)
+            if self.baseline is not None:
+                page_meta["baseline"] = self.baseline.path
+            try:
+                write_atomically(self.report_path, render(
+                    rows, base_rows, self.comparison, self.thresholds, page_meta))
+                self.notes.append((f"nsbox: usage report written to {self.report_path}", {}))
+            except OSError as exc:
+                self.notes.append((f"nsbox: usage report not written to {self.report_path}: "
+                                   f"{exc}", {"red": True}))
+
+    def _incomplete(self, session: pytest.Session, exitstatus: int) -> str:
+        """Why this session's usage is not a baseline ("" when it is)."""
+        if self.interrupted or exitstatus == pytest.ExitCode.INTERRUPTED:
+            return "the session was interrupted"
+        if session.shouldfail or session.shouldstop:
+            return f"the session stopped early: {session.shouldfail or session.shouldstop}"
+        if exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+            return f"the session ended with exit status {int(exitstatus)}"
+        return ""
+
+    def _session_meta(self, session: pytest.Session, exitstatus: int) -> dict[str, Any]:
+        args = [str(arg) for arg in self.config.invocation_params.args]
+        workers = getattr(self.config.option, "numprocesses", None)
+        return {"exitstatus": int(exitstatus), "args": args,
+                "workers": workers if isinstance(workers, int) else None,
+                "reruns": getattr(self.config.option, "reruns", None) or 0}
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        comparison = self.comparison
+        if comparison is None:
+            return
+        from .compare import render_table
+
+        base_rows = self.baseline.rows if self.baseline is not None else None
+        lines = render_table(comparison, base_rows, self.recorder.rows)
+        if self.baseline is not None or comparison.over_budget:
+            title = (f"nsbox usage against {self.compare_path}" if self.baseline is not None
+                     else "nsbox usage: budgets")
+            terminalreporter.write_sep("=", title, bold=True)
+            for line in lines:
+                red = line.startswith(("REGRESSED", "OVER BUDGET"))
+                terminalreporter.write_line(line, red=red and not self.warn_only,
+                                            yellow=red and self.warn_only)
+        for text, markup in self.notes:
+            terminalreporter.write_line(text, **markup)
+        stats = terminalreporter.stats
+        regressed = sorted({change.nodeid for change in comparison.regressions})
+        budget = list(dict.fromkeys(nodeid for nodeid, _ in comparison.over_budget))
+        for key, nodeids in (("over usage threshold", regressed), ("over budget", budget)):
+            if nodeids:  # counted in the last line, "3 passed, 1 over budget in 2.0s"
+                stats.setdefault(key, []).extend(_Counted(nodeid, key) for nodeid in nodeids)
+
+    def short_lines(self) -> list[tuple[str, dict[str, bool]]]:
+        """The lines this plugin adds to the short test summary."""
+        comparison = self.comparison
+        if comparison is None:
+            return []
+        markup = {"yellow": True} if self.warn_only else {"red": True}
+        tail = " (warn only)" if self.warn_only else ""
+        lines = [(f"USAGE {change.nodeid} - {change.words()}{tail}", markup)
+                 for change in comparison.regressions]
+        budget_markup = markup if self.checking else {"yellow": True}
+        lines += [(f"OVER BUDGET {nodeid} - {reason}", budget_markup)
+                  for nodeid, reason in comparison.over_budget]
+        return lines
+
+
+class _Counted:
+    """An entry of the terminal reporter's stats: other plugins read them as reports."""
+
+    when = "usage"
+    longrepr = None
+    count_towards_summary = True
+
+    def __init__(self, nodeid: str, outcome: str) -> None:
+        self.nodeid = nodeid
+        self.outcome = outcome
+        self.user_properties: list[tuple[str, Any]] = []
+        self.sections: list[tuple[str, str]] = []
+
+
+class _ShortSummary:
+    """Lines of the usage regressions at the end of pytest's short test summary.
+
+    The terminal reporter writes that section after every other pytest_terminal_summary
+    implementation, in its own wrapper; this wrapper is outside it (tryfirst), so its lines
+    follow the section; it writes the section's title when pytest had nothing to list.
+    """
+
+    def __init__(self, plugin: UsagePlugin) -> None:
+        self.plugin = plugin
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_terminal_summary(self, terminalreporter: Any) -> Generator[None, None, None]:
+        titles: list[str] = []
+        write_sep = terminalreporter.write_sep
+
+        def noting(sep: str, title: str | None = None, *args: Any, **kwargs: Any) -> None:
+            titles.append(title or "")
+            write_sep(sep, title, *args, **kwargs)
+
+        terminalreporter.write_sep = noting
+        try:
+            yield
+        finally:
+            del terminalreporter.write_sep
+            lines = self.plugin.short_lines()
+            if lines:
+                if "short test summary info" not in titles:
+                    terminalreporter.write_sep("=", "short test summary info", cyan=True)
+                for text, markup in lines:
+                    terminalreporter.write_line(text, **markup)
+
+
+class HtmlColumns:
+    """pytest-html's results table gets a memory peak and a CPU column."""
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_results_table_header(self, cells: list[str]) -> None:
+        cells.insert(3, "<th>Memory peak</th>")
+        cells.insert(4, "<th>CPU s</th>")
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_html_results_table_row(self, report: pytest.TestReport, cells: list[str]) -> None:
+        properties = dict(report.user_properties)
+        memory, cpu = properties.get("nsbox_memory_peak"), properties.get("nsbox_cpu_seconds")
+        from .compare import FIGURES
+
+        memory_text = FIGURES["memory"].show(memory) if isinstance(memory, int) else ""
+        cpu_text = f"{cpu:.3f}" if isinstance(cpu, int | float) else ""
+        cells.insert(3, f'<td class="col-nsbox_memory">{memory_text}</td>')
+        cells.insert(4, f'<td class="col-nsbox_cpu">{cpu_text}</td>')
+
