@@ -560,3 +560,35 @@ def test_a_process_with_a_native_thread_pool_boxes() -> None:
                           timeout=120)
     assert done.stdout.strip() == "[2, 2, 2]", done.stderr
 
+
+
+def _write_lock_then_fork() -> tuple[int, int]:
+    """A write lock of glibc's (a fresh rwlock, then setlocale's), then strerror() in a
+    forked child: what a test process whose glibc lost its thread id gets wrong."""
+    import ctypes
+    import locale
+
+    time.sleep(0.5)  # the forked process that made it is gone within milliseconds
+    libc = ctypes.CDLL(None, use_errno=True)
+    rwlock = ctypes.create_string_buffer(64)
+    libc.pthread_rwlock_init(rwlock, None)
+    took = int(libc.pthread_rwlock_wrlock(rwlock))
+    libc.pthread_rwlock_unlock(rwlock)
+    locale.setlocale(locale.LC_CTYPE, locale.setlocale(locale.LC_CTYPE))
+    pid = os.fork()
+    if pid == 0:
+        os.strerror(errno.ENOENT)  # reads glibc's locale under its lock
+        os._exit(0)
+    return took, os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_a_clone_vm_test_process_keeps_its_thread_id_after_the_forked_process_dies(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The clone_vm path (every box of a non-root pytest): the forked process's exit
+    wrote 0 over the glibc thread id the test process shares with it, so every rwlock
+    write lock was EDEADLK, setlocale() left glibc's locale lock write-locked and a
+    forked child's strerror() waited for ever (the user lane hung for an hour)."""
+    from pytest_nsbox.box import spawn
+
+    monkeypatch.setattr(spawn, "_may_set_pid", False)
+    assert Box(timeout=20).run(_write_lock_then_fork) == (0, 0)

@@ -27,6 +27,7 @@ from .libc import SetupFailed, check, libc
 _SYS_PIDFD_OPEN = 434  # the same on every architecture (new syscall table)
 _SYS_PIDFD_SEND_SIGNAL = 424
 _SYS_GETTID = {"x86_64": 186, "aarch64": 178}
+_SYS_SET_TID_ADDRESS = {"x86_64": 218, "aarch64": 96}
 
 CLONE_VM = 0x100
 CLONE_VFORK = 0x4000
@@ -103,6 +104,23 @@ _PROT_RW, _MAP_FLAGS = 3, 0x02 | 0x20 | 0x4000 | 0x20000  # PRIVATE|ANON|NORESER
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+def _forget_clear_tid() -> None:
+    """Let this process die without zeroing the thread id the clone child shares.
+
+    glibc forks with CLONE_CHILD_CLEARTID at its cached thread id, so this process's exit
+    writes 0 there: in memory the clone child shares, while it runs. With its cached id 0
+    the child's glibc takes every rwlock it write-locks for its own (EDEADLK), so
+    `setlocale()` unlocks a lock it never held and leaves it write-locked: the next
+    `strerror()` there, or in a child it forks, waits for ever (a hang in the user lane).
+    """
+    import platform
+
+    number = _SYS_SET_TID_ADDRESS.get(platform.machine())
+    if number is None:
+        raise SetupFailed("clone_vm: set_tid_address", 38)
+    _syscall(ctypes.c_long(number), None)
+
+
 def _tid_slot() -> int:
     """The address of glibc's cached thread id of the calling thread (in struct pthread).
 
@@ -150,6 +168,7 @@ def clone_vm(entry: Callable[[int], NoReturn]) -> NoReturn:
         entry(host_pid.value)  # never returns
 
     callback = _ENTRY(run)
+    _forget_clear_tid()
     flags = (CLONE_VM | CLONE_VFORK | CLONE_PARENT | CLONE_PARENT_SETTID | CLONE_CHILD_SETTID
              | signal.SIGCHLD)
     top = (stack + size - 64) & ~0xF
