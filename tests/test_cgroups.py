@@ -323,6 +323,30 @@ def test_kill_kills_every_process_and_remove_leaves_nothing() -> None:
     assert _leftovers() == []
 
 
+@needs_cgroups
+@pytest.mark.parametrize("left", ["nothing", "a cgroup below the delegated one",
+                                  "a process"])
+def test_removing_a_box_whose_init_is_gone_leaves_nothing(left: str) -> None:
+    """The quick removal (one rmdir a directory) falls back to searching and killing
+    wherever a test left something: a cgroup of its own, or a process still there."""
+    box = cgroups.box_cgroup(BoxOptions(memory=256 * MiB, pids=64))
+    assert box is not None and box.joined, "a limited box has a delegated child"
+    sleeper = None
+    if left == "a cgroup below the delegated one":
+        os.mkdir(f"{box.joined[-1]}/made-by-the-test")
+    elif left == "a process":
+        sleeper = subprocess.Popen(["sleep", "60"])
+        for d in box.joined:
+            with open(f"{d}/cgroup.procs", "w") as procs:
+                procs.write(str(sleeper.pid))
+    box.remove(init_gone=True)
+    assert not any(os.path.exists(p) for p in (*box.joined, *box.paths))
+    if sleeper is not None:
+        assert sleeper.wait(timeout=5) == -signal.SIGKILL
+    cgroups.session_cleanup()
+    assert _leftovers() == []
+
+
 def _leftovers() -> list[str]:
     """This process's nsbox cgroups (other pytest processes may run beside us)."""
     mine = (f"nsbox-{os.getpid()}-", f"nsbox-leaf-{os.getpid()}")

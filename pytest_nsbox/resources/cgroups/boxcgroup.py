@@ -117,6 +117,18 @@ class BoxCgroup:
                        b"0" if self.v2 else b"THAWED")
         self._frozen = False
 
+    def _rmdir_known(self) -> bool:
+        """rmdir the delegated children, then the box's directories; False at the first
+        that will not go (the caller then searches and kills the rest)."""
+        for d in (*self.joined[::-1], *self.paths):
+            try:
+                os.rmdir(d)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return False
+        return True
+
     def pids(self) -> list[int]:
         """Host pids of the processes (not threads) in the box and the boxes inside it."""
         d = self.dirs.get("") if self.v2 else next(
@@ -140,10 +152,21 @@ class BoxCgroup:
         for d in self.paths + self.joined:
             _kill_all(d)
 
-    def remove(self) -> None:
-        """Kill, then remove the box's directories (idempotent)."""
+    def remove(self, init_gone: bool = False) -> None:
+        """Kill, then remove the box's directories (idempotent).
+
+        With `init_gone` (its pid namespace has ended, and every process of the box with
+        it) the known directories are removed first with one rmdir each; only where that
+        fails (a cgroup a test made below its own, tasks still exiting) is the tree
+        searched and killed. Measured (`benchmarks/nsbench_cpu.py`): 0.3-0.5 ms less of
+        pytest's CPU a library box, whose `run` waits for this; in a pytest session, where
+        it runs beside the next test, no change beyond the noise.
+        """
         self.close_join_fds()
         if self._removed:
+            return
+        if init_gone and self._rmdir_known():
+            self._removed = True
             return
         self.kill()
         for d in self.paths:
