@@ -19,6 +19,7 @@ import argparse
 import os
 import resource
 import time
+from collections.abc import Callable
 
 from pytest_nsbox import Box
 from pytest_nsbox.box import spawn
@@ -43,11 +44,11 @@ def _rusage_ms(who: int) -> float:
     return (usage.ru_utime + usage.ru_stime) * 1000
 
 
-def _median_us(fn: object, rounds: int = 300) -> float:
+def _median_us(fn: Callable[[], None], rounds: int = 300) -> float:
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
-        fn()  # type: ignore[operator]
+        fn()
         times.append(time.perf_counter() - start)
     times.sort()
     return times[len(times) // 2] * 1e6

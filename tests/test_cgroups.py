@@ -326,11 +326,15 @@ def test_kill_kills_every_process_and_remove_leaves_nothing() -> None:
 @needs_cgroups
 @pytest.mark.parametrize("left", ["nothing", "a cgroup below the delegated one",
                                   "a process"])
-def test_removing_a_box_whose_init_is_gone_leaves_nothing(left: str) -> None:
-    """The quick removal (one rmdir a directory) falls back to searching and killing
-    wherever a test left something: a cgroup of its own, or a process still there."""
+def test_removing_a_box_leaves_nothing(left: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The quick removal (one rmdir a directory) is all an emptied box needs; it falls
+    back to searching and killing wherever a test left something: a cgroup of its own,
+    or a process still there."""
     box = cgroups.box_cgroup(BoxOptions(memory=256 * MiB, pids=64))
     assert box is not None and box.joined, "a limited box has a delegated child"
+    kills = []
+    real_kill = box.kill
+    monkeypatch.setattr(box, "kill", lambda: kills.append(1) or real_kill())
     sleeper = None
     if left == "a cgroup below the delegated one":
         os.mkdir(f"{box.joined[-1]}/made-by-the-test")
@@ -339,8 +343,9 @@ def test_removing_a_box_whose_init_is_gone_leaves_nothing(left: str) -> None:
         for d in box.joined:
             with open(f"{d}/cgroup.procs", "w") as procs:
                 procs.write(str(sleeper.pid))
-    box.remove(init_gone=True)
+    box.remove()
     assert not any(os.path.exists(p) for p in (*box.joined, *box.paths))
+    assert bool(kills) == (left != "nothing"), "searched and killed only when needed"
     if sleeper is not None:
         assert sleeper.wait(timeout=5) == -signal.SIGKILL
     cgroups.session_cleanup()

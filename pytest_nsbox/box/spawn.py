@@ -285,7 +285,7 @@ def tidy(block: bool = False) -> None:
         os.close(pidfd)
         if cgroup is not None:
             cgroup.close_join_fds()
-            cgroup.remove(init_gone=True)
+            cgroup.remove()
     _later[:] = keep
 
 

@@ -152,20 +152,20 @@ class BoxCgroup:
         for d in self.paths + self.joined:
             _kill_all(d)
 
-    def remove(self, init_gone: bool = False) -> None:
+    def remove(self) -> None:
         """Kill, then remove the box's directories (idempotent).
 
-        With `init_gone` (its pid namespace has ended, and every process of the box with
-        it) the known directories are removed first with one rmdir each; only where that
-        fails (a cgroup a test made below its own, tasks still exiting) is the tree
-        searched and killed. Measured (`benchmarks/nsbench_cpu.py`): 0.3-0.5 ms less of
-        pytest's CPU a library box, whose `run` waits for this; in a pytest session, where
-        it runs beside the next test, no change beyond the noise.
+        The known directories go first with one rmdir each: after a box's init is gone
+        they are empty. Only where that fails (processes still there, a cgroup a test made
+        below its own) is the tree searched and killed. Measured
+        (`benchmarks/nsbench_cpu.py`): 0.3-0.5 ms less of pytest's CPU a library box,
+        whose `run` waits for this; in a pytest session, where it runs beside the next
+        test, no change beyond the noise.
         """
         self.close_join_fds()
         if self._removed:
             return
-        if init_gone and self._rmdir_known():
+        if self._rmdir_known():
             self._removed = True
             return
         self.kill()
