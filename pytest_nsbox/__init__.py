@@ -7,9 +7,11 @@ every pytest run, and a run that boxes nothing should not pay for the box machin
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing is not imported: the box maker imports this package
 if TYPE_CHECKING:
+    from typing import Any
+
     from .box.api import Box
     from .box.context import BoxContext, current_box
     from .box.errors import (

@@ -15,6 +15,7 @@ import time
 import pytest
 from helpers import processes_with, spawn_daemon, token, wait_gone
 
+import pytest_nsbox
 from pytest_nsbox import (
     Box,
     BoxError,
@@ -592,3 +593,57 @@ def test_a_clone_vm_test_process_keeps_its_thread_id_after_the_forked_process_di
 
     monkeypatch.setattr(spawn, "_may_set_pid", False)
     assert Box(timeout=20).run(_write_lock_then_fork) == (0, 0)
+
+
+# Modules the box maker must not import: every box's init is a clone of it, and their
+# memory (2.7 MB of anonymous pages, measured) is page tables each clone copies.
+_HEAVY = ("typing", "dataclasses", "inspect", "difflib", "platform", "ast",
+          "pytest_nsbox.box.options", "pytest_nsbox.box.maker")
+
+
+def test_the_box_maker_imports_only_small_modules_and_reads_requests_as_sent() -> None:
+    """A fresh `-S -E` Python, as the maker starts, imports the maker's and the init's
+    modules and decodes real requests (one with a relay, whose box end it imports too):
+    none of `_HEAVY` is loaded, and every option reads back as pytest sent it."""
+    import dataclasses
+
+    from pytest_nsbox.box.maker import Request, encode_request
+    from pytest_nsbox.box.options import BoxOptions
+    from pytest_nsbox.resources.net.listeners import AutoForward
+
+    options = BoxOptions(memory="64M", net="isolated", tmpfs=("/tmp", "/var/tmp"))
+    plain = {"options": options, "keep_paths": ("/k",), "writable_paths": (), "uid": 7,
+             "gid": 8, "views": (("/sys/fs/cgroup/x", True),)}
+    sent = encode_request(Request(**plain))  # type: ignore[arg-type]
+    with_relay = encode_request(Request(**plain, relay=True,  # type: ignore[arg-type]
+                                        auto_forward=(AutoForward("127.0.0.1", 80, "h", True),)))
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(pytest_nsbox.__file__)))
+    code = textwrap.dedent(f"""
+        import sys, json
+        sys.path[:0] = [{package_root!r}]
+        from pytest_nsbox.box.maker_process import decode_request
+        from pytest_nsbox.box import init, namespaces
+        request = decode_request({sent!r})
+        heavy = [m for m in {_HEAVY!r} if m in sys.modules]
+        print(json.dumps([heavy, vars(request.options), request.keep_paths, request.uid,
+                          request.views, request.relay]))
+        relayed = decode_request({with_relay!r})
+        from pytest_nsbox.box.maker_process import _import_for
+        _import_for(relayed)  # what a relay's box end needs, as the maker imports it
+        heavy = [m for m in {_HEAVY!r} if m in sys.modules]
+        print(json.dumps([heavy, relayed.relay, [vars(a) for a in relayed.auto_forward]]))
+    """)
+    out = subprocess.run([sys.executable, "-S", "-E", "-c", code], capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    import json
+
+    heavy, got_options, keep, uid, views, relay = json.loads(out[0])
+    assert heavy == [], f"the box maker imports {heavy}"
+    want = json.loads(json.dumps({f.name: getattr(options, f.name)
+                                  for f in dataclasses.fields(options)}))
+    assert got_options == want
+    assert (keep, uid, views, relay) == (["/k"], 7, [["/sys/fs/cgroup/x", True]], False)
+    heavy, relay, auto = json.loads(out[1])
+    assert heavy == [], f"the box maker imports {heavy} for a relay"
+    assert (relay, auto) == (True, [{"address": "127.0.0.1", "port": 80, "target": "h",
+                                      "required": True}])

@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterable
-from typing import Any, NoReturn
 
 from . import namespaces as ns
+
+TYPE_CHECKING = False  # no typing in the maker, whose copies every box's init is
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any, NoReturn
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 
@@ -175,7 +178,7 @@ def prepare_net(request: Any, relay_fd: int | None) -> None:
 
         apply_netem(options)
     if relay_fd is not None:
-        from ..resources.net.relay import make_listeners
+        from ..resources.net.relay_box import make_listeners
 
         make_listeners(options.forward or {}, relay_fd, request.auto_forward)
 

@@ -1,4 +1,4 @@
-"""The box maker: a small process that makes boxes ahead of the tests that use them.
+"""The box maker, pytest's side: a small process that makes boxes ahead of the tests.
 
 A box costs its test process one fork of pytest; everything else (namespaces, mounts,
 the lock, the loopback, listeners) is made here, in a fresh Python of a few megabytes
@@ -15,14 +15,15 @@ Protocol, over a SOCK_SEQPACKET socketpair (one message each way per box):
   the relay socketpair when the box forwards ports.
 
 The maker dies with pytest (parent-death signal), and each init with the maker, so no
-box outlives a SIGKILL of pytest.
+box outlives a SIGKILL of pytest. The process itself is `maker_process`, which imports
+none of this module: each init is a copy of it, and every module it holds is memory a
+box's clone copies the page tables of.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-import signal
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -67,110 +68,8 @@ def _fields(obj: Any) -> dict[str, Any]:
 def encode_request(request: Request) -> bytes:
     plain = _fields(request)
     plain["options"] = _fields(request.options)
-    plain["auto_forward"] = tuple(tuple(entry) for entry in request.auto_forward)
+    plain["auto_forward"] = tuple(entry._asdict() for entry in request.auto_forward)
     return pickle.dumps(plain)
-
-
-def decode_request(data: bytes) -> Request:
-    from ..resources.net.listeners import AutoForward
-    from .options import BoxOptions
-
-    plain = pickle.loads(data)
-    plain["options"] = BoxOptions(**plain["options"])
-    plain["auto_forward"] = tuple(AutoForward(*entry) for entry in plain["auto_forward"])
-    return Request(**plain)
-
-
-# -- the maker process --------------------------------------------------------------------
-
-
-def main(channel_fd: int) -> None:
-    """Serve requests on `channel_fd` until pytest closes it."""
-    from . import namespaces as ns
-    from .init import init_main, level_one_flags
-
-    ns.set_parent_death_signal(signal.SIGKILL)
-    if os.getppid() == 1:
-        os._exit(0)  # pytest died before the signal was set
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # inits are reaped by the kernel
-    channel = socket.socket(fileno=channel_fd)
-    while True:
-        try:
-            message, fds, _, _ = socket.recv_fds(channel, _MAX_MESSAGE, 16)
-        except OSError:
-            os._exit(0)
-        if not message:
-            os._exit(0)
-        request = decode_request(message)
-        _import_for(request)
-        result_fd, join_fds = fds[0], tuple(fds[1:])
-        relay_mine = relay_box = None
-        if request.relay:
-            relay_mine, relay_box = socket.socketpair()
-        ready_r, ready_w = os.pipe()
-        try:
-            pid = ns.clone_box(level_one_flags(request.options))
-        except ns.SetupFailed as exc:
-            pid, failure = -1, (exc.step, exc.errno or 0, None)
-        if pid == 0:
-            os.close(ready_r)
-            channel.close()
-            if relay_mine is not None:
-                relay_mine.close()
-            init_main(request, result_fd, relay_box.fileno() if relay_box else None, ready_w,
-                      join_fds)
-        os.close(ready_w)
-        for fd in fds:
-            os.close(fd)
-        if relay_box is not None:
-            relay_box.close()
-        reply = Reply(pid=pid, result_fd=result_fd)
-        out: list[int] = []
-        if pid > 0:
-            said = _read_all(ready_r)
-            if said:
-                try:
-                    reply.failed = pickle.loads(said)
-                except Exception:
-                    reply.error = said.decode("utf-8", "replace")
-            else:
-                from .namespaces.join import pidfd_open
-
-                out.append(pidfd_open(pid))
-                if relay_mine is not None:
-                    out.append(relay_mine.fileno())
-        else:
-            reply.failed = failure
-        os.close(ready_r)
-        try:
-            socket.send_fds(channel, [pickle.dumps(_fields(reply))], out)
-        except OSError:
-            os._exit(0)
-        if out:
-            os.close(out[0])
-        if relay_mine is not None:
-            relay_mine.close()
-
-
-def _import_for(request: Request) -> None:
-    """Import here, once, what the box's init will need: each init is a fork of this
-    process, and an import in an init (the relay's listeners: ~5 ms) is paid by every box."""
-    if request.relay:
-        from ..resources.net import relay  # noqa: F401
-    if request.options.netem:
-        from ..resources.net import netem  # noqa: F401
-        try:  # ~200 ms: once per maker, not in each init
-            import pyroute2
-            import pyroute2.netlink.exceptions  # noqa: F401
-        except ImportError:
-            pass  # the init says what is missing
-
-
-def _read_all(fd: int) -> bytes:
-    data = b""
-    while chunk := os.read(fd, 1 << 16):
-        data += chunk
-    return data
 
 
 # -- pytest's side ------------------------------------------------------------------------
@@ -188,7 +87,7 @@ class Maker:
         # -S -E: no site, no PYTHON* variables (no coverage start-up hook, no user
         # customization); pytest's own import path instead, for pyroute2 (netem)
         code = ("import sys; sys.path[:0] = [p for p in sys.argv[2:] if p]; "
-                "from pytest_nsbox.box.maker import main; main(int(sys.argv[1]))")
+                "from pytest_nsbox.box.maker_process import main; main(int(sys.argv[1]))")
         paths = [package_root, *[p for p in sys.path if p]]
         self.owner = os.getpid()
         self.channel = mine

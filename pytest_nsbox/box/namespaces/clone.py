@@ -8,9 +8,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 
-from .libc import SetupFailed, check, libc
+from .libc import MACHINE, SetupFailed, check, libc
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
@@ -58,7 +57,7 @@ def single_threaded() -> bool:
         return False
     if len(tasks) == 1:
         return True
-    if platform.machine() != "x86_64":
+    if MACHINE != "x86_64":
         return False
     me = str(threading_ident())
     python_threads = _python_thread_ids()
@@ -110,7 +109,7 @@ def clone_box(flags: int) -> int:
     A raw clone skips glibc's fork handlers, which only matters with other threads; the
     caller checks `single_threaded()` and uses os.fork() plus unshare() otherwise.
     """
-    number = _SYS_CLONE.get(platform.machine())
+    number = _SYS_CLONE.get(MACHINE)
     if number is None:
         raise SetupFailed("clone", errno.ENOSYS)
     _before_fork()

@@ -18,11 +18,14 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-from collections.abc import Callable
-from typing import NoReturn
 
 from .clone import CLONE_NEWPID
-from .libc import SetupFailed, check, libc
+from .libc import MACHINE, SetupFailed, check, libc
+
+TYPE_CHECKING = False  # no typing in the box maker (see maker_process)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import NoReturn
 
 _SYS_PIDFD_OPEN = 434  # the same on every architecture (new syscall table)
 _SYS_PIDFD_SEND_SIGNAL = 424
@@ -113,9 +116,7 @@ def _forget_clear_tid() -> None:
     `setlocale()` unlocks a lock it never held and leaves it write-locked: the next
     `strerror()` there, or in a child it forks, waits for ever (a hang in the user lane).
     """
-    import platform
-
-    number = _SYS_SET_TID_ADDRESS.get(platform.machine())
+    number = _SYS_SET_TID_ADDRESS.get(MACHINE)
     if number is None:
         raise SetupFailed("clone_vm: set_tid_address", 38)
     _syscall(ctypes.c_long(number), None)
@@ -128,9 +129,7 @@ def _tid_slot() -> int:
     it, so the clone child asks the kernel to write its own id there (CLONE_CHILD_SETTID).
     Found by value: the one int near the thread pointer equal to gettid().
     """
-    import platform
-
-    number = _SYS_GETTID.get(platform.machine())
+    number = _SYS_GETTID.get(MACHINE)
     if number is None:
         raise SetupFailed("clone_vm: gettid", 38)
     me = int(_syscall(ctypes.c_long(number)))

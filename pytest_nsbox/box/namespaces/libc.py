@@ -15,6 +15,7 @@ class SetupFailed(OSError):
 
 
 libc = ctypes.CDLL(None, use_errno=True)
+MACHINE = os.uname().machine  # platform.machine() without importing platform
 
 
 def check(result: int, step: str) -> int:
