@@ -647,3 +647,39 @@ def test_the_box_maker_imports_only_small_modules_and_reads_requests_as_sent() -
     assert heavy == [], f"the box maker imports {heavy} for a relay"
     assert (relay, auto) == (True, [{"address": "127.0.0.1", "port": 80, "target": "h",
                                       "required": True}])
+
+
+def test_a_box_frees_nothing_it_inherited_from_pytest() -> None:
+    """The test process keeps pytest's maker, boxes and cgroup session referenced (their fds
+    closed): freeing them there copied dozens of shared pages for nothing, before every test.
+    A finalizer on each, registered here, would run in the box if it freed them."""
+    import weakref
+
+    from pytest_nsbox.box import spawn
+    from pytest_nsbox.resources.cgroups import session
+
+    Box().run(int)  # the maker, and a cgroup session where cgroups are usable
+    assert spawn._maker is not None
+    watched = [spawn._maker, spawn._maker.process]
+    if session._session is not None:
+        watched.append(session._session)
+    r, w = os.pipe()
+    finalizers = [weakref.finalize(obj, os.write, w, type(obj).__name__.encode() + b" ")
+                  for obj in watched]
+    maker = weakref.ref(watched[0])
+    del watched  # only pytest_nsbox's own references are left
+    try:
+        def inside() -> tuple[bool, int]:
+            kept = maker()  # the box's copy of pytest's maker
+            return spawn._maker is None, kept.channel.fileno() if kept is not None else 0
+
+        assert Box().run(inside) == (True, -1)  # not its own, and its socket closed
+        os.set_blocking(r, False)
+        with pytest.raises(BlockingIOError):
+            freed = os.read(r, 4096)
+            pytest.fail(f"the box freed what it inherited: {freed!r}")
+    finally:
+        for finalizer in finalizers:
+            finalizer.detach()
+        os.close(r)
+        os.close(w)

@@ -152,6 +152,7 @@ def _move_to_leaf(cgroup: str) -> None:
 
 
 _session: _Session | None = None
+_inherited: list[object] = []  # a box's test process: the outer session, never freed
 _exit_registered = False
 
 
@@ -164,8 +165,10 @@ def _get_session() -> _Session:
 
 def forget_inherited() -> None:
     """In a box: start a session of its own. The pid alone cannot tell, since a box inside a
-    box has the same pid 2 as its outer box's test process, whose session it inherited."""
+    box has the same pid 2 as its outer box's test process, whose session it inherited.
+    The inherited one stays referenced: freeing it would only copy pages (`spawn`'s)."""
     global _session
+    _inherited.append(_session)
     _session = None
 
 
