@@ -61,9 +61,6 @@ _ahead: Made | None = None
 _later: list[tuple[int, Any]] = []  # (init pidfd, cgroup) of boxes whose test ended
 _pid_ns: PidNamespace | None = None
 _may_set_pid: bool | None = None
-#: In a box's test process: the parent's maker and boxes, their fds closed, kept
-#: referenced so that they are never freed there (see `forget_inherited`).
-_inherited: list[object] = []
 
 
 def maker() -> Maker:
@@ -325,15 +322,10 @@ def machinery() -> tuple[set[int], set[int]]:
     return pids, fds
 
 
-def forget_inherited() -> None:
+def forget_inherited() -> object:
     """In a box's test process: the parent's maker, boxes and pid namespace are not its
-    own (a box inside it starts its own maker); their fds are closed.
-
-    The objects themselves stay referenced: freeing them in the test process (a
-    `subprocess.Popen` still running warns as it goes) wrote to dozens of pages it shares
-    with pytest, copying each, for nothing: the process ends with os._exit. Measured:
-    0.52 -> 0.20 ms of the test's start, with `cgroups.session`'s kept the same way.
-    """
+    own (a box inside it starts its own maker); their fds are closed. Returns them, for
+    the caller to keep (`inside._inherited`: freeing them there only copies pages)."""
     global _maker, _ahead, _pid_ns, _may_set_pid, _later
     fds = [pidfd for pidfd, _ in _later]
     if _maker is not None:
@@ -346,5 +338,6 @@ def forget_inherited() -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)
-    _inherited.append((_maker, _ahead, _pid_ns, _later))
+    forgotten = (_maker, _ahead, _pid_ns, _later)
     _maker, _ahead, _pid_ns, _may_set_pid, _later = None, None, None, None, []
+    return forgotten

@@ -248,13 +248,15 @@ def program_fds() -> tuple[int, ...]:
     return tuple(_programs.values()) if _programs_pid == os.getpid() else ()
 
 
-def forget_inherited() -> None:
+def forget_inherited() -> object:
     """In a box: drop the parent's programs unclosed (the pid alone cannot tell, since a
-    box inside a box has the same pid 2 as its outer box's test process)."""
-    global _programs_pid, _available
-    _programs.clear()
+    box inside a box has the same pid 2 as its outer box's test process). Returns them,
+    for the caller to keep (see `inside._inherited`)."""
+    global _programs, _programs_pid, _available
+    forgotten, _programs = _programs, {}
     _programs_pid = os.getpid()
     _available = None
+    return forgotten
 
 
 def clear_cache() -> None:

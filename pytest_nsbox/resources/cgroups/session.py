@@ -152,7 +152,6 @@ def _move_to_leaf(cgroup: str) -> None:
 
 
 _session: _Session | None = None
-_inherited: list[object] = []  # a box's test process: the outer session, never freed
 _exit_registered = False
 
 
@@ -163,13 +162,13 @@ def _get_session() -> _Session:
     return _session
 
 
-def forget_inherited() -> None:
+def forget_inherited() -> object:
     """In a box: start a session of its own. The pid alone cannot tell, since a box inside a
     box has the same pid 2 as its outer box's test process, whose session it inherited.
-    The inherited one stays referenced: freeing it would only copy pages (`spawn`'s)."""
+    Returns that one, for the caller to keep (see `inside._inherited`)."""
     global _session
-    _inherited.append(_session)
-    _session = None
+    forgotten, _session = _session, None
+    return forgotten
 
 
 def _register_exit() -> None:
