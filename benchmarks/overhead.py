@@ -3,6 +3,7 @@
 
     python benchmarks/overhead.py            # full run: N=500 tests, 5 rounds (~5-10 min)
     python benchmarks/overhead.py --quick    # smoke run: N=100, 2 rounds, short extras
+    python benchmarks/overhead.py --user nsboxci   # and the same modes as that user (root)
 
 Everything is measured in one run on one machine, interleaved: every round runs every
 mode once, in a shuffled order, and a mode's overhead in a round is
@@ -17,6 +18,7 @@ installed in); pytest-forked runs in benchmarks/.venv-forked, made on first use.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import random
@@ -32,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nsbench_docs import HERE, ROOT, machine_facts, replace_section  # noqa: E402
+from nsbench_user import User, dev_pins, prepare  # noqa: E402
 
 FORKED_VENV = HERE / ".venv-forked"
 FORKED_PINS = ("pytest==9.1.1", "pytest-forked==1.7.5")
@@ -60,9 +63,13 @@ FLOOR = ["-p", "nsbench_floor", "--floor"]
 SERVER = ["-p", "nsbench_server"]  # the session runs a server (see nsbench_server.py)
 FORKED = ["-p", "pytest_forked", "--forked"]
 
+#: issue 13's targets (ratios of per-test overheads; start-up in ms); xdist_speedup is
+#: issue 7's
 TARGETS = {
     "full_vs_forked": 1.0,
-    "full_vs_floor": 1.5,
+    "full_vs_floor": 1.3,
+    "full_vs_floor@hold": 1.2,
+    "xdist_full_vs_floor": 1.3,
     "xdist_speedup": 1.8,
     "startup_ms": 30.0,
 }
@@ -76,29 +83,35 @@ class Mode:
     args: list[str]
     baseline: str | None  # the mode whose wall is subtracted (None: this is a baseline)
     hold_mb: int = 0
+    user: User | None = None  # run as this unprivileged user (in its own copy of the suite)
+    cwd: Path | None = None
     walls: list[float] = field(default_factory=list)
     cpus: list[float] = field(default_factory=list)  # machine CPU seconds of each run
 
 
 def run_pytest(python: str, args: list[str], cwd: Path, hold_mb: int = 0,
                expect: str | None = None, extra_env: dict[str, str] | None = None,
-               autoload: bool = False) -> tuple[float, str]:
-    env = dict(os.environ)
+               autoload: bool = False, user: User | None = None) -> tuple[float, str]:
+    env = dict(os.environ) if user is None else user.env(dict(os.environ))
     env.pop("PYTEST_ADDOPTS", None)
-    env["PYTHONPATH"] = str(HERE) + (os.pathsep + NSBOX_SRC if NSBOX_SRC else "")
+    # the user's venv has no editable install: it imports the work tree's package by path
+    src = NSBOX_SRC or (str(ROOT) if user else None)
+    env["PYTHONPATH"] = str(HERE) + (os.pathsep + src if src else "")
     env["NSBENCH_HOLD_MB"] = str(hold_mb)
     if not autoload:
         env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     env.update(extra_env or {})
     cmd = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "nsbench_hold", *args]
     start, cpu = time.perf_counter(), machine_cpu_seconds()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False,
+                          preexec_fn=user.preexec() if user else None)
     wall = time.perf_counter() - start
     LAST_CPU[0] = machine_cpu_seconds() - cpu
     out = proc.stdout + proc.stderr
     if expect is not None and (proc.returncode != 0 or not re.search(expect, out)):
         tail = "\n".join(out.splitlines()[-30:])
-        raise SystemExit(f"benchmark run failed: {' '.join(cmd)} (in {cwd})\n{tail}")
+        who = f" as {user.name}" if user else ""
+        raise SystemExit(f"benchmark run failed{who}: {' '.join(cmd)} (in {cwd})\n{tail}")
     return wall, out
 
 
@@ -194,18 +207,34 @@ def build_modes(python: str, forked_python: str | None, hold_mb: int) -> list[Mo
     return modes
 
 
+#: the modes repeated as the unprivileged user (--user): what issue 13's targets compare
+USER_MODES = ("plain", "full", "floor", "fplain", "forked",
+              "plain@hold", "full@hold", "floor@hold", "fplain@hold", "forked@hold")
+
+
+def user_modes(modes: list[Mode], user: User, pythons: dict[str, str], suite: Path
+               ) -> list[Mode]:
+    """`modes`' USER_MODES again, run as `user` with its venvs (`pythons`: root's python ->
+    the user's) in its copy of the suite; named and based on ``user:<root's name>``."""
+    return [Mode(f"user:{m.name}", f"{m.label}, as {user.name}", pythons[m.python], m.args,
+                 m.baseline and f"user:{m.baseline}", m.hold_mb, user, suite)
+            for m in modes if m.name in USER_MODES]
+
+
 def measure_overhead(modes: list[Mode], suite: Path, count: int, rounds: int,
                      seed: int) -> dict[str, dict[str, float]]:
     expect = rf"\b{count} passed\b"
     print(f"warm-up: each mode once on {count} tests", flush=True)
     for mode in modes:
-        run_pytest(mode.python, mode.args, suite, mode.hold_mb, expect)
+        run_pytest(mode.python, mode.args, mode.cwd or suite, mode.hold_mb, expect,
+                   user=mode.user)
     rng = random.Random(seed)
     for r in range(rounds):
         order = modes[:]
         rng.shuffle(order)
         for mode in order:
-            wall, _ = run_pytest(mode.python, mode.args, suite, mode.hold_mb, expect)
+            wall, _ = run_pytest(mode.python, mode.args, mode.cwd or suite, mode.hold_mb,
+                                 expect, user=mode.user)
             mode.walls.append(wall)
             mode.cpus.append(LAST_CPU[0])
         LOADS.append(os.getloadavg()[0])
@@ -236,7 +265,7 @@ def ratios(results: dict[str, dict[str, float]]) -> dict[str, float | None]:
             return results[a]["overhead_ms"] / results[b]["overhead_ms"]
         return None
 
-    return {
+    found = {
         "full_vs_forked": ratio("full", "forked"),
         "full_vs_floor": ratio("full", "floor"),
         "light_vs_forked": ratio("light", "forked"),
@@ -246,6 +275,13 @@ def ratios(results: dict[str, dict[str, float]]) -> dict[str, float | None]:
         "full_vs_floor@hold": ratio("full@hold", "floor@hold"),
         "light_vs_floor@hold": ratio("light@hold", "floor@hold"),
     }
+    for key in ("full_vs_forked", "full_vs_floor", "forked_vs_floor", "full_vs_forked@hold",
+                "full_vs_floor@hold"):
+        a, b = key.split("_vs_")
+        b, _, hold = b.partition("@")
+        held = f"@{hold}" if hold else ""
+        found[f"user:{key}"] = ratio(f"user:{a}{held}", f"user:{b}{held}")
+    return found
 
 
 def feature_costs(results: dict[str, dict[str, float]]) -> dict[str, float | None]:
@@ -400,30 +436,42 @@ def measure_xdist(python: str, count: int, rounds: int, seed: int) -> dict[str, 
     }
 
 
-def measure_xdist_overhead(python: str, suite: Path, count: int, rounds: int,
-                           seed: int) -> dict[str, object]:
-    """Per-test box overhead inside an xdist worker (a threaded process: the relay path)."""
+def measure_xdist_overhead(python: str, suite: Path, count: int, rounds: int, seed: int,
+                           user: Mode | None = None) -> dict[str, object]:
+    """Per-test box overhead inside an xdist worker (a threaded process), and with `user`
+    (a mode of the --user run: its python, suite and user) the same as that user, in the
+    same rounds; its names are prefixed ``user:``."""
     expect = rf"\b{count} passed\b"
-    variants = {
+    args = {
         "plain -n 1": ["-p", "xdist", "-n", "1"],
         "full -n 1": ["-p", "xdist", *FULL, "-n", "1"],
         "floor -n 1": ["-p", "xdist", *FLOOR, "-n", "1"],
     }
-    walls: dict[str, list[float]] = {k: [] for k in variants}
+    runs: dict[str, tuple[str, Path, User | None, list[str]]] = {
+        name: (python, suite, None, a) for name, a in args.items()}
+    if user:
+        runs |= {f"user:{name}": (user.python, user.cwd or suite, user.user, a)
+                 for name, a in args.items()}
+    walls: dict[str, list[float]] = {k: [] for k in runs}
     rng = random.Random(seed)
-    for args in variants.values():
-        run_pytest(python, args, suite, expect=expect)
+    for py, cwd, who, a in runs.values():
+        run_pytest(py, a, cwd, expect=expect, user=who)
     for _ in range(rounds):
-        order = list(variants)
+        order = list(runs)
         rng.shuffle(order)
         for name in order:
-            walls[name].append(run_pytest(python, variants[name], suite, expect=expect)[0])
-    over = {}
-    for name in ("full -n 1", "floor -n 1"):
-        per_round = [(w - b) / count * 1000 for w, b in zip(walls[name], walls["plain -n 1"])]
-        over[name] = median(per_round)
-    return {"walls_s": walls, "overhead_ms": over,
-            "full_vs_floor": over["full -n 1"] / over["floor -n 1"]}
+            py, cwd, who, a = runs[name]
+            walls[name].append(run_pytest(py, a, cwd, expect=expect, user=who)[0])
+    result: dict[str, object] = {"walls_s": walls}
+    for prefix in ("", "user:") if user else ("",):
+        over = {}
+        for name in ("full -n 1", "floor -n 1"):
+            per_round = [(w - b) / count * 1000 for w, b in
+                         zip(walls[prefix + name], walls[prefix + "plain -n 1"])]
+            over[name] = median(per_round)
+        result[f"{prefix}overhead_ms"] = over
+        result[f"{prefix}full_vs_floor"] = over["full -n 1"] / over["floor -n 1"]
+    return result
 
 
 # -- report ---------------------------------------------------------------------------
@@ -444,6 +492,34 @@ def verdict(value: float | None, target: float, higher_is_better: bool = False) 
     return "met" if ok else "**not met**"
 
 
+def ratio_table(rat: dict[str, float | None], cfg: dict[str, object]) -> list[str]:
+    """The ratios against their targets; as root and, with --user, as that user beside."""
+    user = cfg.get("user")
+    held = f", {cfg['hold_mb']} MB held"
+    rows = [("full boxes / pytest-forked", "full_vs_forked"),
+            ("full boxes / floor", "full_vs_floor"),
+            ("lightest boxes / floor", "light_vs_floor"),
+            ("lightest boxes / pytest-forked", "light_vs_forked"),
+            ("pytest-forked / floor", "forked_vs_floor"),
+            (f"full boxes / floor{held}", "full_vs_floor@hold"),
+            (f"full boxes / pytest-forked{held}", "full_vs_forked@hold"),
+            (f"lightest boxes / floor{held}", "light_vs_floor@hold")]
+    who = "root" if os.geteuid() == 0 else "this user"
+    head = f"| ratio of per-test overheads | {who} |" + (f" {user} |" if user else "")
+    lines = [head + " target | |", "|---|---:|" + ("---:|" if user else "") + "---:|---|"]
+    for label, key in rows:
+        target = TARGETS.get(key)
+        cells = [fmt(rat.get(key))]
+        if user:
+            cells.append(fmt(rat.get(f"user:{key}")) if f"user:{key}" in rat else "")
+        met = "; ".join(verdict(v, target) for v in
+                        [rat.get(key)] + ([rat.get(f"user:{key}")] if user else [])
+                        if v is not None) if target else ""
+        lines.append(f"| {label} | {' | '.join(cells)} | "
+                     f"{f'<= {target}' if target else ''} | {met} |")
+    return lines
+
+
 def render(data: dict[str, object]) -> str:
     facts: dict[str, str] = data["machine"]  # type: ignore[assignment]
     res: dict[str, dict[str, float]] = data["overhead"]  # type: ignore[assignment]
@@ -459,6 +535,10 @@ def render(data: dict[str, object]) -> str:
         f"cgroups {facts['cgroups']}; running as {'root' if os.geteuid() == 0 else 'non-root'}.",
         f"pytest_nsbox measured: {cfg['nsbox_source']}; "
         f"cgroup limits wired: {'yes' if cfg['cgroups_wired'] else 'no (the memory and pids options are accepted, not enforced)'}.",
+        *([f"Modes marked \"as {cfg['user']}\" run as that unprivileged user (`--user`), "
+           f"with Python {facts.get('user_python')} (the system's) in venvs of its own, in "
+           "cgroups root made and gave it as `cgcreate -a -t` would (nsbench_user.py)."]
+          if cfg.get("user") else []),
         "",
         f"Suite: {cfg['tests']} trivial tests (`def test_i(): pass`), {cfg['rounds']} "
         "interleaved rounds in shuffled order; overhead per test = (wall - wall of plain "
@@ -479,30 +559,14 @@ def render(data: dict[str, object]) -> str:
                 f"{entry['overhead_ms_max']:.2f})")
         cpu = f"{entry['cpu_ms']:.2f} ms" if "cpu_ms" in entry else ""
         lines.append(f"| {entry['label']} | {entry['wall_median_s']:.2f} s | {over} | {cpu} |")
-    loads = data.get("load_averages") or []
+    loads: list[float] = data.get("load_averages") or []  # type: ignore[assignment]
     if loads and max(loads) > 1.5:
         lines += ["", f"Note: 1-minute load average after each round: "
                   f"{', '.join(f'{x:.1f}' for x in loads)}. Boxed runs alone raise it (pytest's "
                   "test process, the box maker and the kernel's workers are runnable at once); "
                   "other work on the machine would too. Interleaving keeps the ratios fair; "
                   "absolute figures are higher under other work."]
-    lines += [
-        "",
-        "| ratio of per-test overheads | measured | target | |",
-        "|---|---:|---:|---|",
-        f"| full boxes / pytest-forked | {fmt(rat['full_vs_forked'])} | <= 1.0 | "
-        f"{verdict(rat['full_vs_forked'], 1.0)} |",
-        f"| full boxes / floor | {fmt(rat['full_vs_floor'])} | <= 1.5 | "
-        f"{verdict(rat['full_vs_floor'], 1.5)} |",
-        f"| lightest boxes / floor | {fmt(rat['light_vs_floor'])} | | |",
-        f"| lightest boxes / pytest-forked | {fmt(rat['light_vs_forked'])} | | |",
-        f"| pytest-forked / floor | {fmt(rat['forked_vs_floor'])} | | |",
-        f"| full boxes / floor, {cfg['hold_mb']} MB held | {fmt(rat['full_vs_floor@hold'])} | "
-        f"<= 1.5 | {verdict(rat['full_vs_floor@hold'], 1.5)} |",
-        f"| full boxes / pytest-forked, {cfg['hold_mb']} MB held | "
-        f"{fmt(rat['full_vs_forked@hold'])} | <= 1.0 | {verdict(rat['full_vs_forked@hold'], 1.0)} |",
-        f"| lightest boxes / floor, {cfg['hold_mb']} MB held | {fmt(rat['light_vs_floor@hold'])} | | |",
-    ]
+    lines += ["", *ratio_table(rat, cfg)]
     fc = data.get("feature_costs")
     if isinstance(fc, dict):
         lines += [
@@ -522,7 +586,7 @@ def render(data: dict[str, object]) -> str:
             "options): "
             f"-n 0 {med['boxed -n 0']:.2f} s, -n 2 {med['boxed -n 2']:.2f} s: speed-up "
             f"**{xd['boxed_speedup']:.2f}x** (target >= 1.8x: "
-            f"{verdict(xd['boxed_speedup'], 1.8, True)}). The same suite unboxed: "
+            f"{verdict(xd['boxed_speedup'], TARGETS['xdist_speedup'], True)}). The same suite unboxed: "
             f"{med['plain -n 0']:.2f} s / {med['plain -n 2']:.2f} s = "
             f"{xd['plain_speedup']:.2f}x: what xdist itself reaches here, its workers' "
             "start-up included. Marginal speed-up, from the difference between "
@@ -535,9 +599,15 @@ def render(data: dict[str, object]) -> str:
         ov = xo["overhead_ms"]
         lines += [
             "",
-            f"Inside an xdist worker (`-n 1`, a process with an execnet thread, so nsbox "
-            f"takes its fork-then-clone path): full boxes {ov['full -n 1']:.2f} ms per test, "
-            f"floor {ov['floor -n 1']:.2f} ms: ratio {xo['full_vs_floor']:.2f}.",
+            f"Inside an xdist worker (`-n 1`, a process with an execnet thread): full boxes "
+            f"{ov['full -n 1']:.2f} ms per test, floor {ov['floor -n 1']:.2f} ms: ratio "
+            f"**{xo['full_vs_floor']:.2f}** (target <= {TARGETS['xdist_full_vs_floor']}: "
+            f"{verdict(xo['full_vs_floor'], TARGETS['xdist_full_vs_floor'])})."
+            + (f" As {cfg['user']}: {xo['user:overhead_ms']['full -n 1']:.2f} vs "
+               f"{xo['user:overhead_ms']['floor -n 1']:.2f} ms, ratio "
+               f"**{xo['user:full_vs_floor']:.2f}** "
+               f"({verdict(xo['user:full_vs_floor'], TARGETS['xdist_full_vs_floor'])})."
+               if "user:full_vs_floor" in xo else ""),
         ]
     st = data.get("startup")
     if isinstance(st, dict):
@@ -551,7 +621,8 @@ def render(data: dict[str, object]) -> str:
             f"**{a['added_ms']:+.1f} ms** (paired median {a['added_ms_paired_median']:+.1f} ms). "
             f"No auto-loading: {n['with_nsbox_ms']:.1f} ms with `-p pytest_nsbox.plugin`, "
             f"{n['without_nsbox_ms']:.1f} ms without: **{n['added_ms']:+.1f} ms** (paired "
-            f"{n['added_ms_paired_median']:+.1f} ms). Target < 30 ms: {verdict(worst, 30.0)}.",
+            f"{n['added_ms_paired_median']:+.1f} ms). Target < {TARGETS['startup_ms']:.0f} ms: "
+            f"{verdict(worst, TARGETS['startup_ms'])}.",
         ]
     im = data.get("imports")
     if isinstance(im, dict):
@@ -627,6 +698,9 @@ def main() -> None:
     parser.add_argument("--no-extras", action="store_true",
                         help="only the per-test overheads: no start-up, xdist or docs")
     parser.add_argument("--json", default=str(HERE / "results.json"))
+    parser.add_argument("--user", metavar="NAME",
+                        help="also run the main modes as this unprivileged user (root only; "
+                             "made with useradd if missing), side by side: see nsbench_user")
     parser.add_argument(
         "--nsbox-src", default="HEAD", metavar="HEAD|worktree|DIR",
         help="which pytest_nsbox to measure: HEAD (default: `git archive` of the last commit, "
@@ -654,6 +728,17 @@ def main() -> None:
     suite = WORK / "trivial"
     write_suite(suite, args.tests)
     modes = build_modes(python, forked_python, args.hold_mb)
+    user = None
+    if args.user:
+        user = prepare(args.user, WORK)
+        atexit.register(user.remove_cgroups)
+        pythons = {python: user.venv("venv", dev_pins())}
+        if forked_python:
+            pythons[forked_python] = user.venv("venv-forked", list(FORKED_PINS))
+        facts["user_python"] = subprocess.run(
+            [pythons[python], "-c", "import platform; print(platform.python_version())"],
+            capture_output=True, text=True, check=True).stdout.strip()
+        modes += user_modes(modes, user, pythons, user.copy(suite))
     if args.modes:
         wanted = set(args.modes.split(","))
         modes = [m for m in modes if m.name in wanted or (m.baseline is None and any(
@@ -662,6 +747,7 @@ def main() -> None:
 
     data: dict[str, object] = {
         "config": {"tests": args.tests, "rounds": args.rounds, "hold_mb": args.hold_mb,
+                   "user": args.user,
                    "quick": args.quick, "seed": args.seed,
                    "cgroups_wired": cgroups_wired(python),
                    "args": {m.name: m.args for m in modes}},
@@ -684,7 +770,8 @@ def main() -> None:
     print("xdist ...", flush=True)
     data["xdist"] = measure_xdist(python, args.xdist_tests, max(2, args.rounds - 2), args.seed)
     data["xdist_overhead"] = measure_xdist_overhead(
-        python, suite, args.tests, max(2, args.rounds - 2), args.seed)
+        python, suite, args.tests, max(2, args.rounds - 2), args.seed,
+        next((m for m in modes if m.name == "user:plain"), None))
 
     data["load_averages"] = LOADS
     text = render(data)

@@ -1,0 +1,167 @@
+"""Benchmark modes run as an unprivileged user (``overhead.py --user NAME``), beside root's.
+
+Root prepares, once per run, what that user needs and cannot make alone:
+
+- venvs of its own from the system ``/usr/bin/python3`` (root's pyenv Python under /root
+  is not readable by others), with the dev venv's versions of pytest, pluggy,
+  cloudpickle, pyroute2 and pytest-xdist, and one with pytest-forked's pins; cached in
+  ``.work/user-NAME``;
+- its own copy of the suite (so pytest can write its bytecode there, as it can for root);
+- cgroups it owns, as ``cgcreate -a NAME -t NAME`` would make them (the fix nsbox's own
+  ``BoxUnavailable`` message gives a user on cgroup v1): a directory beside this
+  process's own in each v1 hierarchy nsbox uses (on pure v2, one in the unified
+  hierarchy with its controllers enabled), chowned to the user, removed at the end.
+
+Each of the user's pytest runs joins those cgroups and drops to the user in the child
+before ``exec`` (``preexec_fn``), so its wall time holds only pytest's work.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import pwd
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pytest_nsbox.resources.cgroups.layout import _layout
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+PACKAGES = ("pytest", "pluggy", "cloudpickle", "pyroute2", "pytest-xdist", "execnet")
+V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "pids")
+V2_CONTROLLERS = ("memory", "pids", "cpu", "cpuset")
+
+
+@dataclass
+class User:
+    """An unprivileged user the benchmark runs pytest as, and what root made for it."""
+
+    name: str
+    work: Path
+    uid: int = 0
+    gid: int = 0
+    home: str = ""
+    cgroups: list[str] = field(default_factory=list)  # directories the user's runs join
+
+    def env(self, base: dict[str, str]) -> dict[str, str]:
+        """`base` with the user's HOME and USER (pip's cache, pytest's basetemp name)."""
+        return {**base, "HOME": self.home, "USER": self.name, "LOGNAME": self.name}
+
+    def preexec(self) -> Callable[[], None]:
+        """For the child: join the user's cgroups (still root), then become the user."""
+        procs = [f"{d}/cgroup.procs" for d in self.cgroups]
+
+        def enter() -> None:
+            for path in procs:
+                with open(path, "w") as f:
+                    f.write("0")
+            os.setgroups([])
+            os.setgid(self.gid)
+            os.setuid(self.uid)
+
+        return enter
+
+    def run(self, cmd: list[str]) -> None:
+        """`cmd` as the user, in its cgroups, checked."""
+        subprocess.run(cmd, preexec_fn=self.preexec(), env=self.env(dict(os.environ)),
+                       check=True)
+
+    def venv(self, name: str, pins: list[str]) -> str:
+        """A venv of the user's own with `pins` (made once; remade when they change)."""
+        path = self.work / name
+        python = path / "bin" / "python"
+        stamp = path / "pins.txt"
+        want = "\n".join(pins) + "\n"
+        if stamp.exists() and stamp.read_text() == want:
+            return str(python)
+        if path.exists():
+            shutil.rmtree(path)
+        print(f"making {path} as {self.name} ({', '.join(pins)}) ...", flush=True)
+        self.run([SYSTEM_PYTHON, "-m", "venv", str(path)])
+        self.run([str(python), "-m", "pip", "install", "-q", *pins])
+        stamp.write_text(want)
+        return str(python)
+
+    def copy(self, tree: Path) -> Path:
+        """A copy of `tree` the user owns, in its work directory."""
+        target = self.work / tree.name
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(tree, target, ignore=shutil.ignore_patterns("__pycache__"))
+        _chown_tree(target, self.uid, self.gid)
+        return target
+
+    def remove_cgroups(self) -> None:
+        for d in reversed(self.cgroups):
+            try:
+                os.rmdir(d)
+            except FileNotFoundError:
+                pass
+        self.cgroups.clear()
+
+
+def prepare(name: str, work: Path) -> User:
+    """The user `name` (made with useradd when missing), its work directory and cgroups."""
+    if os.geteuid() != 0:
+        raise SystemExit("--user needs root: root makes the user's venvs and cgroups")
+    if not os.access(SYSTEM_PYTHON, os.X_OK):
+        raise SystemExit(f"--user: no {SYSTEM_PYTHON} to make the user's venvs with")
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "-m", name], check=True)
+        entry = pwd.getpwnam(name)
+    user = User(name, work / f"user-{name}", entry.pw_uid, entry.pw_gid, entry.pw_dir)
+    user.work.mkdir(parents=True, exist_ok=True)
+    os.chown(user.work, user.uid, user.gid)
+    user.cgroups = _make_cgroups(f"nsbench-{name}", user.uid, user.gid)
+    return user
+
+
+def dev_pins() -> list[str]:
+    """The dev venv's versions of what nsbox needs, for the user's venv."""
+    return [f"{p}=={importlib.metadata.version(p)}" for p in PACKAGES]
+
+
+def _make_cgroups(leaf: str, uid: int, gid: int) -> list[str]:
+    """Cgroups owned by uid:gid beside this process's own, as `cgcreate -a -t` makes them."""
+    layout = _layout()
+    made: list[str] = []
+    if layout.v1:
+        for parent in dict.fromkeys(layout.v1[c] for c in V1_CONTROLLERS if c in layout.v1):
+            path = f"{parent}/{leaf}"
+            os.makedirs(path, exist_ok=True)
+            if os.path.exists(f"{path}/cpuset.cpus"):  # a new cpuset has no cpus or mems
+                for knob in ("cpuset.cpus", "cpuset.mems"):
+                    with open(f"{parent}/{knob}") as src, open(f"{path}/{knob}", "w") as dst:
+                        dst.write(src.read())
+            made.append(path)
+    elif layout.unified:
+        parent = layout.unified
+        path = f"{parent}/{leaf}"
+        os.makedirs(path, exist_ok=True)
+        available = set(open(f"{parent}/cgroup.controllers").read().split())
+        wanted = " ".join(f"+{c}" for c in V2_CONTROLLERS if c in available)
+        try:
+            with open(f"{parent}/cgroup.subtree_control", "w") as f:
+                f.write(wanted)
+        except OSError as exc:
+            os.rmdir(path)
+            raise SystemExit(f"--user: cannot enable {wanted} below {parent} ({exc}); run "
+                             "this from a cgroup with no processes of its own") from None
+        made.append(path)
+    else:
+        raise SystemExit("--user: this machine has no cgroup hierarchy to give the user")
+    for path in made:
+        _chown_tree(Path(path), uid, gid)
+    return made
+
+
+def _chown_tree(top: Path, uid: int, gid: int) -> None:
+    os.chown(top, uid, gid)
+    for dirpath, dirnames, filenames in os.walk(top):
+        for n in (*dirnames, *filenames):
+            os.chown(os.path.join(dirpath, n), uid, gid, follow_symlinks=False)
