@@ -6,7 +6,8 @@ Root prepares, once per run, what that user needs and cannot make alone:
   is not readable by others), with the dev venv's versions of pytest, pluggy,
   cloudpickle, pyroute2 and pytest-xdist, and one with pytest-forked's pins; cached in
   ``.work/user-NAME``;
-- its own copy of the suite (so pytest can write its bytecode there, as it can for root);
+- its own copies of the suite and of the pytest_nsbox measured (so pytest can write their
+  bytecode, as it can for root);
 - cgroups it owns, as ``cgcreate -a NAME -t NAME`` would make them (the fix nsbox's own
   ``BoxUnavailable`` message gives a user on cgroup v1): a directory beside this
   process's own in each v1 hierarchy nsbox uses (on pure v2, one in the unified
@@ -45,6 +46,7 @@ class User:
     gid: int = 0
     home: str = ""
     cgroups: list[str] = field(default_factory=list)  # directories the user's runs join
+    nsbox_src: str | None = None  # the directory holding the user's copy of pytest_nsbox
 
     def env(self, base: dict[str, str]) -> dict[str, str]:
         """`base` with the user's HOME and USER (pip's cache, pytest's basetemp name)."""
@@ -131,14 +133,19 @@ def _make_cgroups(leaf: str, uid: int, gid: int) -> list[str]:
     layout = _layout()
     made: list[str] = []
     if layout.v1:
-        for parent in dict.fromkeys(layout.v1[c] for c in V1_CONTROLLERS if c in layout.v1):
-            path = f"{parent}/{leaf}"
-            os.makedirs(path, exist_ok=True)
-            if os.path.exists(f"{path}/cpuset.cpus"):  # a new cpuset has no cpus or mems
-                for knob in ("cpuset.cpus", "cpuset.mems"):
-                    with open(f"{parent}/{knob}") as src, open(f"{path}/{knob}", "w") as dst:
-                        dst.write(src.read())
-            made.append(path)
+        try:
+            for parent in dict.fromkeys(layout.v1[c] for c in V1_CONTROLLERS if c in layout.v1):
+                path = f"{parent}/{leaf}"
+                os.makedirs(path, exist_ok=True)
+                made.append(path)
+                if os.path.exists(f"{path}/cpuset.cpus"):  # a new cpuset has no cpus or mems
+                    for knob in ("cpuset.cpus", "cpuset.mems"):
+                        with open(f"{parent}/{knob}") as src, open(f"{path}/{knob}", "w") as dst:
+                            dst.write(src.read())
+        except OSError as exc:
+            for path in reversed(made):
+                os.rmdir(path)
+            raise SystemExit(f"--user: cannot make the user's cgroup {leaf} ({exc})") from None
     elif layout.unified:
         parent = layout.unified
         path = f"{parent}/{leaf}"
