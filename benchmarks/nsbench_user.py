@@ -9,9 +9,14 @@ Root prepares, once per run, what that user needs and cannot make alone:
 - its own copies of the suite and of the pytest_nsbox measured (so pytest can write their
   bytecode, as it can for root);
 - cgroups it owns, as ``cgcreate -a NAME -t NAME`` would make them (the fix nsbox's own
-  ``BoxUnavailable`` message gives a user on cgroup v1): a directory beside this
-  process's own in each v1 hierarchy nsbox uses (on pure v2, one in the unified
-  hierarchy with its controllers enabled), chowned to the user, removed at the end.
+  ``BoxUnavailable`` message gives a user on cgroup v1): a directory below this
+  process's own in each v1 hierarchy nsbox uses (on pure v2, beside this process's own,
+  which gives it the same controllers: a cgroup with processes cannot enable them for a
+  child), chowned to the user, removed (with anything left in it) at the end.
+
+The user's runs use the system's Python, not root's (see ``SYSTEM_PYTHON``), so
+overhead.py also runs root's modes on that Python (``sys:``): compare the user's column
+with that one.
 
 Each of the user's pytest runs joins those cgroups and drops to the user in the child
 before ``exec`` (``preexec_fn``), so its wall time holds only pytest's work.
@@ -19,6 +24,7 @@ before ``exec`` (``preexec_fn``), so its wall time holds only pytest's work.
 
 from __future__ import annotations
 
+import atexit
 import importlib.metadata
 import os
 import pwd
@@ -28,7 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pytest_nsbox.resources.cgroups.layout import _layout
+from pytest_nsbox.resources.cgroups.layout import ROOT, _layout
+from pytest_nsbox.resources.cgroups.tree import _remove_tree
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 PACKAGES = ("pytest", "pluggy", "cloudpickle", "pyroute2", "pytest-xdist", "execnet")
@@ -49,8 +56,12 @@ class User:
     nsbox_src: str | None = None  # the directory holding the user's copy of pytest_nsbox
 
     def env(self, base: dict[str, str]) -> dict[str, str]:
-        """`base` with the user's HOME and USER (pip's cache, pytest's basetemp name)."""
-        return {**base, "HOME": self.home, "USER": self.name, "LOGNAME": self.name}
+        """`base` with the user's HOME and USER (pip's cache, pytest's basetemp name), and
+        without root's venv, PATH and runtime directories."""
+        env = {k: v for k, v in base.items()
+               if k not in ("VIRTUAL_ENV", "TMPDIR", "XDG_RUNTIME_DIR")}
+        return {**env, "HOME": self.home, "USER": self.name, "LOGNAME": self.name,
+                "PATH": "/usr/local/bin:/usr/bin:/bin"}
 
     def preexec(self) -> Callable[[], None]:
         """For the child: join the user's cgroups (still root), then become the user."""
@@ -97,11 +108,12 @@ class User:
         return target
 
     def remove_cgroups(self) -> None:
+        """Remove the user's cgroups and whatever its runs left in them (each one tried)."""
         for d in reversed(self.cgroups):
             try:
-                os.rmdir(d)
-            except FileNotFoundError:
-                pass
+                _remove_tree(d)
+            except OSError as exc:
+                print(f"could not remove {d}: {exc}", flush=True)
         self.cgroups.clear()
 
 
@@ -120,6 +132,7 @@ def prepare(name: str, work: Path) -> User:
     user.work.mkdir(parents=True, exist_ok=True)
     os.chown(user.work, user.uid, user.gid)
     user.cgroups = _make_cgroups(f"nsbench-{name}", user.uid, user.gid)
+    atexit.register(user.remove_cgroups)
     return user
 
 
@@ -129,41 +142,36 @@ def dev_pins() -> list[str]:
 
 
 def _make_cgroups(leaf: str, uid: int, gid: int) -> list[str]:
-    """Cgroups owned by uid:gid beside this process's own, as `cgcreate -a -t` makes them."""
+    """Cgroups owned by uid:gid next to this process's own, as `cgcreate -a -t` makes them;
+    on failure, none."""
     layout = _layout()
-    made: list[str] = []
     if layout.v1:
-        try:
-            for parent in dict.fromkeys(layout.v1[c] for c in V1_CONTROLLERS if c in layout.v1):
-                path = f"{parent}/{leaf}"
-                os.makedirs(path, exist_ok=True)
-                made.append(path)
-                if os.path.exists(f"{path}/cpuset.cpus"):  # a new cpuset has no cpus or mems
-                    for knob in ("cpuset.cpus", "cpuset.mems"):
-                        with open(f"{parent}/{knob}") as src, open(f"{path}/{knob}", "w") as dst:
-                            dst.write(src.read())
-        except OSError as exc:
-            for path in reversed(made):
-                os.rmdir(path)
-            raise SystemExit(f"--user: cannot make the user's cgroup {leaf} ({exc})") from None
+        parents = list(dict.fromkeys(layout.v1[c] for c in V1_CONTROLLERS if c in layout.v1))
     elif layout.unified:
-        parent = layout.unified
-        path = f"{parent}/{leaf}"
-        os.makedirs(path, exist_ok=True)
-        available = set(open(f"{parent}/cgroup.controllers").read().split())
-        wanted = " ".join(f"+{c}" for c in V2_CONTROLLERS if c in available)
-        try:
-            with open(f"{parent}/cgroup.subtree_control", "w") as f:
-                f.write(wanted)
-        except OSError as exc:
-            os.rmdir(path)
-            raise SystemExit(f"--user: cannot enable {wanted} below {parent} ({exc}); run "
-                             "this from a cgroup with no processes of its own") from None
-        made.append(path)
+        own = layout.unified
+        parents = [own if own == ROOT else os.path.dirname(own)]
     else:
         raise SystemExit("--user: this machine has no cgroup hierarchy to give the user")
-    for path in made:
-        _chown_tree(Path(path), uid, gid)
+    made: list[str] = []
+    try:
+        for parent in parents:
+            path = f"{parent}/{leaf}"
+            os.makedirs(path, exist_ok=True)
+            made.append(path)
+            if os.path.exists(f"{path}/cpuset.cpus"):  # a new v1 cpuset has no cpus or mems
+                for knob in ("cpuset.cpus", "cpuset.mems"):
+                    with open(f"{parent}/{knob}") as src, open(f"{path}/{knob}", "w") as dst:
+                        dst.write(src.read())
+            if not layout.v1 and parent == ROOT:  # the root cgroup may enable controllers
+                with open(f"{parent}/cgroup.controllers") as f:
+                    available = set(f.read().split())
+                with open(f"{parent}/cgroup.subtree_control", "w") as f:
+                    f.write(" ".join(f"+{c}" for c in V2_CONTROLLERS if c in available))
+            _chown_tree(Path(path), uid, gid)
+    except OSError as exc:
+        for path in reversed(made):
+            os.rmdir(path)
+        raise SystemExit(f"--user: cannot make the user's cgroup {leaf} ({exc})") from None
     return made
 
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Per-test overhead of pytest-nsbox against plain pytest, pytest-forked and a bare floor.
 
-    python benchmarks/overhead.py            # full run: N=500 tests, 5 rounds (~5-10 min)
+    python benchmarks/overhead.py            # full run: N=500 tests, 5 rounds (~15 min)
     python benchmarks/overhead.py --quick    # smoke run: N=100, 2 rounds, short extras
-    python benchmarks/overhead.py --user nsboxci   # and the same modes as that user (root)
+    python benchmarks/overhead.py --user nsboxci   # and as that user, side by side (root;
+                                                   # ~40 min)
 
 Everything is measured in one run on one machine, interleaved: every round runs every
 mode once, in a shuffled order, and a mode's overhead in a round is
@@ -18,12 +19,12 @@ installed in); pytest-forked runs in benchmarks/.venv-forked, made on first use.
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
 import random
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -210,17 +211,20 @@ def build_modes(python: str, forked_python: str | None, hold_mb: int) -> list[Mo
     return modes
 
 
-#: the modes repeated as the unprivileged user (--user): what issue 13's targets compare
+#: the modes repeated with --user, as the unprivileged user (``user:``) and, for a fair
+#: comparison with it, as root on the user's Python (``sys:``): what issue 13 compares
 USER_MODES = ("plain", "full", "floor", "fplain", "forked",
               "plain@hold", "full@hold", "floor@hold", "fplain@hold", "forked@hold")
+#: the twins' prefixes and what they are, in the order of the ratio table's columns
+TWINS = {"sys:": "root, the system's Python", "user:": "as the user"}
 
 
-def user_modes(modes: list[Mode], user: User, pythons: dict[str, str], suite: Path
-               ) -> list[Mode]:
-    """`modes`' USER_MODES again, run as `user` with its venvs (`pythons`: root's python ->
-    the user's) in its copy of the suite; named and based on ``user:<root's name>``."""
-    return [Mode(f"user:{m.name}", f"{m.label}, as {user.name}", pythons[m.python], m.args,
-                 m.baseline and f"user:{m.baseline}", m.hold_mb, user, suite)
+def twin_modes(modes: list[Mode], prefix: str, label: str, pythons: dict[str, str],
+               user: User | None = None, suite: Path | None = None) -> list[Mode]:
+    """`modes`' USER_MODES again with the pythons `pythons` maps theirs to, as `user` in
+    `suite` when given; named and based on ``<prefix><root's name>``."""
+    return [Mode(f"{prefix}{m.name}", f"{m.label}, {label}", pythons[m.python], m.args,
+                 m.baseline and f"{prefix}{m.baseline}", m.hold_mb, user, suite)
             for m in modes if m.name in USER_MODES]
 
 
@@ -278,12 +282,15 @@ def ratios(results: dict[str, dict[str, float]]) -> dict[str, float | None]:
         "full_vs_floor@hold": ratio("full@hold", "floor@hold"),
         "light_vs_floor@hold": ratio("light@hold", "floor@hold"),
     }
-    for key in ("full_vs_forked", "full_vs_floor", "forked_vs_floor", "full_vs_forked@hold",
-                "full_vs_floor@hold"):
-        a, b = key.split("_vs_")
-        b, _, hold = b.partition("@")
-        held = f"@{hold}" if hold else ""
-        found[f"user:{key}"] = ratio(f"user:{a}{held}", f"user:{b}{held}")
+    for prefix in TWINS:
+        if f"{prefix}plain" not in results:
+            continue
+        for key in ("full_vs_forked", "full_vs_floor", "forked_vs_floor",
+                    "full_vs_forked@hold", "full_vs_floor@hold"):
+            a, b = key.split("_vs_")
+            b, _, hold = b.partition("@")
+            held = f"@{hold}" if hold else ""
+            found[f"{prefix}{key}"] = ratio(f"{prefix}{a}{held}", f"{prefix}{b}{held}")
     return found
 
 
@@ -441,10 +448,10 @@ def measure_xdist(python: str, count: int, rounds: int, seed: int) -> dict[str, 
 
 
 def measure_xdist_overhead(python: str, suite: Path, count: int, rounds: int, seed: int,
-                           user: Mode | None = None) -> dict[str, object]:
-    """Per-test box overhead inside an xdist worker (a threaded process), and with `user`
-    (a mode of the --user run: its python, suite and user) the same as that user, in the
-    same rounds; its names are prefixed ``user:``."""
+                           twins: dict[str, Mode] | None = None) -> dict[str, object]:
+    """Per-test box overhead inside an xdist worker (a threaded process), and for each
+    twin (prefix -> its plain mode: its python, suite and user) the same in the same
+    rounds, under names with its prefix."""
     expect = rf"\b{count} passed\b"
     args = {
         "plain -n 1": ["-p", "xdist", "-n", "1"],
@@ -453,8 +460,8 @@ def measure_xdist_overhead(python: str, suite: Path, count: int, rounds: int, se
     }
     runs: dict[str, tuple[str, Path, User | None, list[str]]] = {
         name: (python, suite, None, a) for name, a in args.items()}
-    if user:
-        runs |= {f"user:{name}": (user.python, user.cwd or suite, user.user, a)
+    for prefix, twin in (twins or {}).items():
+        runs |= {f"{prefix}{name}": (twin.python, twin.cwd or suite, twin.user, a)
                  for name, a in args.items()}
     walls: dict[str, list[float]] = {k: [] for k in runs}
     rng = random.Random(seed)
@@ -467,7 +474,7 @@ def measure_xdist_overhead(python: str, suite: Path, count: int, rounds: int, se
             py, cwd, who, a = runs[name]
             walls[name].append(run_pytest(py, a, cwd, expect=expect, user=who)[0])
     result: dict[str, object] = {"walls_s": walls}
-    for prefix in ("", "user:") if user else ("",):
+    for prefix in ("", *(twins or {})):
         over = {}
         for name in ("full -n 1", "floor -n 1"):
             per_round = [(w - b) / count * 1000 for w, b in
@@ -497,7 +504,8 @@ def verdict(value: float | None, target: float, higher_is_better: bool = False) 
 
 
 def ratio_table(rat: dict[str, float | None], cfg: dict[str, object]) -> list[str]:
-    """The ratios against their targets; as root and, with --user, as that user beside."""
+    """The ratios against their targets: root's and, with --user, the twins' beside (root on
+    the user's Python, the user), each verdict named by its column."""
     user = cfg.get("user")
     held = f", {cfg['hold_mb']} MB held"
     rows = [("full boxes / pytest-forked", "full_vs_forked"),
@@ -508,17 +516,17 @@ def ratio_table(rat: dict[str, float | None], cfg: dict[str, object]) -> list[st
             (f"full boxes / floor{held}", "full_vs_floor@hold"),
             (f"full boxes / pytest-forked{held}", "full_vs_forked@hold"),
             (f"lightest boxes / floor{held}", "light_vs_floor@hold")]
-    who = "root" if os.geteuid() == 0 else "this user"
-    head = f"| ratio of per-test overheads | {who} |" + (f" {user} |" if user else "")
-    lines = [head + " target | |", "|---|---:|" + ("---:|" if user else "") + "---:|---|"]
+    columns = {"": "root" if os.geteuid() == 0 else "this user"}
+    if user:
+        columns |= {"sys:": "root, system Python", "user:": f"{user}, system Python"}
+    lines = ["| ratio of per-test overheads | " + " | ".join(columns.values()) + " | target | |",
+             "|---|" + "---:|" * len(columns) + "---:|---|"]
     for label, key in rows:
         target = TARGETS.get(key)
-        cells = [fmt(rat.get(key))]
-        if user:
-            cells.append(fmt(rat.get(f"user:{key}")) if f"user:{key}" in rat else "")
-        met = "; ".join(verdict(v, target) for v in
-                        [rat.get(key)] + ([rat.get(f"user:{key}")] if user else [])
-                        if v is not None) if target else ""
+        cells = [fmt(rat[p + key]) if p + key in rat else "" for p in columns]
+        met = "; ".join(f"{name}: {verdict(rat[p + key], target)}"
+                        for p, name in columns.items()
+                        if rat.get(p + key) is not None) if target else ""
         lines.append(f"| {label} | {' | '.join(cells)} | "
                      f"{f'<= {target}' if target else ''} | {met} |")
     return lines
@@ -541,7 +549,9 @@ def render(data: dict[str, object]) -> str:
         f"cgroup limits wired: {'yes' if cfg['cgroups_wired'] else 'no (the memory and pids options are accepted, not enforced)'}.",
         *([f"Modes marked \"as {cfg['user']}\" run as that unprivileged user (`--user`), "
            f"with Python {facts.get('user_python')} (the system's) in venvs of its own, in "
-           "cgroups root made and gave it as `cgcreate -a -t` would (nsbench_user.py)."]
+           "cgroups root made and gave it as `cgcreate -a -t` would (nsbench_user.py); "
+           "modes marked \"root on the system's Python\" run the same venvs as root: the "
+           "user's figures compare with those (root's own Python is another build)."]
           if cfg.get("user") else []),
         "",
         f"Suite: {cfg['tests']} trivial tests (`def test_i(): pass`), {cfg['rounds']} "
@@ -607,11 +617,14 @@ def render(data: dict[str, object]) -> str:
             f"{ov['full -n 1']:.2f} ms per test, floor {ov['floor -n 1']:.2f} ms: ratio "
             f"**{xo['full_vs_floor']:.2f}** (target <= {TARGETS['xdist_full_vs_floor']}: "
             f"{verdict(xo['full_vs_floor'], TARGETS['xdist_full_vs_floor'])})."
-            + (f" As {cfg['user']}: {xo['user:overhead_ms']['full -n 1']:.2f} vs "
-               f"{xo['user:overhead_ms']['floor -n 1']:.2f} ms, ratio "
-               f"**{xo['user:full_vs_floor']:.2f}** "
-               f"({verdict(xo['user:full_vs_floor'], TARGETS['xdist_full_vs_floor'])})."
-               if "user:full_vs_floor" in xo else ""),
+            + "".join(
+                f" {who}: {xo[p + 'overhead_ms']['full -n 1']:.2f} vs "
+                f"{xo[p + 'overhead_ms']['floor -n 1']:.2f} ms, ratio "
+                f"**{xo[p + 'full_vs_floor']:.2f}** "
+                f"({verdict(xo[p + 'full_vs_floor'], TARGETS['xdist_full_vs_floor'])})."
+                for p, who in (("sys:", "Root on the system's Python"),
+                               ("user:", f"As {cfg['user']}"))
+                if p + "full_vs_floor" in xo),
         ]
     st = data.get("startup")
     if isinstance(st, dict):
@@ -734,8 +747,10 @@ def main() -> None:
     modes = build_modes(python, forked_python, args.hold_mb)
     user = None
     if args.user:
-        user = prepare(args.user, WORK)
-        atexit.register(user.remove_cgroups)
+        # the twins' venvs have no editable install: the work tree goes on their path
+        NSBOX_SRC = NSBOX_SRC or str(ROOT)
+        user = prepare(args.user, WORK)  # its cgroups go at exit: so does a SIGTERM
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         pythons = {python: user.venv("venv", dev_pins())}
         if forked_python:
             pythons[forked_python] = user.venv("venv-forked", list(FORKED_PINS))
@@ -743,8 +758,10 @@ def main() -> None:
             [pythons[python], "-c", "import platform; print(platform.python_version())"],
             capture_output=True, text=True, check=True).stdout.strip()
         # its own copy of the package measured, where it can write bytecode as root can
-        user.nsbox_src = str(user.copy(Path(NSBOX_SRC or ROOT) / "pytest_nsbox").parent)
-        modes += user_modes(modes, user, pythons, user.copy(suite))
+        user.nsbox_src = str(user.copy(Path(NSBOX_SRC) / "pytest_nsbox").parent)
+        modes += [*twin_modes(modes, "sys:", "root on the system's Python", pythons),
+                  *twin_modes(modes, "user:", f"as {user.name}", pythons, user,
+                              user.copy(suite))]
     if args.modes:
         wanted = set(args.modes.split(","))
         modes = [m for m in modes if m.name in wanted or (m.baseline is None and any(
@@ -777,14 +794,14 @@ def main() -> None:
     data["xdist"] = measure_xdist(python, args.xdist_tests, max(2, args.rounds - 2), args.seed)
     data["xdist_overhead"] = measure_xdist_overhead(
         python, suite, args.tests, max(2, args.rounds - 2), args.seed,
-        next((m for m in modes if m.name == "user:plain"), None))
+        {p: m for p in TWINS for m in modes if m.name == f"{p}plain"})
 
     data["load_averages"] = LOADS
+    Path(args.json).write_text(json.dumps(data, indent=2, default=str) + "\n")
+    print(f"wrote {args.json}")  # before the report: a long run's figures survive its bugs
     text = render(data)
     print()
     print(text)
-    Path(args.json).write_text(json.dumps(data, indent=2, default=str) + "\n")
-    print(f"\nwrote {args.json}")
     if not args.no_docs:
         replace_section("overhead", text)
         print(f"wrote the overhead section of {ROOT / 'docs' / 'performance.md'}")
