@@ -215,15 +215,17 @@ def build_modes(python: str, forked_python: str | None, hold_mb: int) -> list[Mo
 #: comparison with it, as root on the user's Python (``sys:``): what issue 13 compares
 USER_MODES = ("plain", "full", "floor", "fplain", "forked",
               "plain@hold", "full@hold", "floor@hold", "fplain@hold", "forked@hold")
-#: the twins' prefixes and what they are, in the order of the ratio table's columns
-TWINS = {"sys:": "root, the system's Python", "user:": "as the user"}
+#: the twins' prefixes and what they are ({user}: the user's name), in the order of the
+#: ratio table's columns
+TWINS = {"sys:": "root on the system's Python", "user:": "as {user}"}
 
 
-def twin_modes(modes: list[Mode], prefix: str, label: str, pythons: dict[str, str],
+def twin_modes(modes: list[Mode], prefix: str, pythons: dict[str, str],
                user: User | None = None, suite: Path | None = None) -> list[Mode]:
     """`modes`' USER_MODES again with the pythons `pythons` maps theirs to, as `user` in
-    `suite` when given; named and based on ``<prefix><root's name>``."""
-    return [Mode(f"{prefix}{m.name}", f"{m.label}, {label}", pythons[m.python], m.args,
+    `suite` when given; named and based on ``<prefix><root's name>``, labelled by TWINS."""
+    what = TWINS[prefix].format(user=user.name if user else "")
+    return [Mode(f"{prefix}{m.name}", f"{m.label}, {what}", pythons[m.python], m.args,
                  m.baseline and f"{prefix}{m.baseline}", m.hold_mb, user, suite)
             for m in modes if m.name in USER_MODES]
 
@@ -266,31 +268,33 @@ def measure_overhead(modes: list[Mode], suite: Path, count: int, rounds: int,
     return results
 
 
+#: each ratio: (the mode over, the mode under)
+RATIOS = {
+    "full_vs_forked": ("full", "forked"),
+    "full_vs_floor": ("full", "floor"),
+    "light_vs_forked": ("light", "forked"),
+    "light_vs_floor": ("light", "floor"),
+    "forked_vs_floor": ("forked", "floor"),
+    "full_vs_forked@hold": ("full@hold", "forked@hold"),
+    "full_vs_floor@hold": ("full@hold", "floor@hold"),
+    "light_vs_floor@hold": ("light@hold", "floor@hold"),
+}
+#: the ratios the twins (USER_MODES) have
+TWIN_RATIOS = ("full_vs_forked", "full_vs_floor", "forked_vs_floor", "full_vs_forked@hold",
+               "full_vs_floor@hold")
+
+
 def ratios(results: dict[str, dict[str, float]]) -> dict[str, float | None]:
     def ratio(a: str, b: str) -> float | None:
         if a in results and b in results and "overhead_ms" in results[a]:
             return results[a]["overhead_ms"] / results[b]["overhead_ms"]
         return None
 
-    found = {
-        "full_vs_forked": ratio("full", "forked"),
-        "full_vs_floor": ratio("full", "floor"),
-        "light_vs_forked": ratio("light", "forked"),
-        "light_vs_floor": ratio("light", "floor"),
-        "forked_vs_floor": ratio("forked", "floor"),
-        "full_vs_forked@hold": ratio("full@hold", "forked@hold"),
-        "full_vs_floor@hold": ratio("full@hold", "floor@hold"),
-        "light_vs_floor@hold": ratio("light@hold", "floor@hold"),
-    }
+    found = {key: ratio(a, b) for key, (a, b) in RATIOS.items()}
     for prefix in TWINS:
-        if f"{prefix}plain" not in results:
-            continue
-        for key in ("full_vs_forked", "full_vs_floor", "forked_vs_floor",
-                    "full_vs_forked@hold", "full_vs_floor@hold"):
-            a, b = key.split("_vs_")
-            b, _, hold = b.partition("@")
-            held = f"@{hold}" if hold else ""
-            found[f"{prefix}{key}"] = ratio(f"{prefix}{a}{held}", f"{prefix}{b}{held}")
+        if f"{prefix}plain" in results:
+            found |= {prefix + key: ratio(prefix + RATIOS[key][0], prefix + RATIOS[key][1])
+                      for key in TWIN_RATIOS}
     return found
 
 
@@ -518,7 +522,7 @@ def ratio_table(rat: dict[str, float | None], cfg: dict[str, object]) -> list[st
             (f"lightest boxes / floor{held}", "light_vs_floor@hold")]
     columns = {"": "root" if os.geteuid() == 0 else "this user"}
     if user:
-        columns |= {"sys:": "root, system Python", "user:": f"{user}, system Python"}
+        columns |= {p: what.format(user=user) for p, what in TWINS.items()}
     lines = ["| ratio of per-test overheads | " + " | ".join(columns.values()) + " | target | |",
              "|---|" + "---:|" * len(columns) + "---:|---|"]
     for label, key in rows:
@@ -618,13 +622,12 @@ def render(data: dict[str, object]) -> str:
             f"**{xo['full_vs_floor']:.2f}** (target <= {TARGETS['xdist_full_vs_floor']}: "
             f"{verdict(xo['full_vs_floor'], TARGETS['xdist_full_vs_floor'])})."
             + "".join(
-                f" {who}: {xo[p + 'overhead_ms']['full -n 1']:.2f} vs "
-                f"{xo[p + 'overhead_ms']['floor -n 1']:.2f} ms, ratio "
+                f" {what[0].upper()}{what[1:].format(user=cfg['user'])}: "
+                f"{xo[p + 'overhead_ms']['full -n 1']:.2f} "
+                f"vs {xo[p + 'overhead_ms']['floor -n 1']:.2f} ms, ratio "
                 f"**{xo[p + 'full_vs_floor']:.2f}** "
                 f"({verdict(xo[p + 'full_vs_floor'], TARGETS['xdist_full_vs_floor'])})."
-                for p, who in (("sys:", "Root on the system's Python"),
-                               ("user:", f"As {cfg['user']}"))
-                if p + "full_vs_floor" in xo),
+                for p, what in TWINS.items() if p + "full_vs_floor" in xo),
         ]
     st = data.get("startup")
     if isinstance(st, dict):
@@ -759,9 +762,8 @@ def main() -> None:
             capture_output=True, text=True, check=True).stdout.strip()
         # its own copy of the package measured, where it can write bytecode as root can
         user.nsbox_src = str(user.copy(Path(NSBOX_SRC) / "pytest_nsbox").parent)
-        modes += [*twin_modes(modes, "sys:", "root on the system's Python", pythons),
-                  *twin_modes(modes, "user:", f"as {user.name}", pythons, user,
-                              user.copy(suite))]
+        modes += [*twin_modes(modes, "sys:", pythons),
+                  *twin_modes(modes, "user:", pythons, user, user.copy(suite))]
     if args.modes:
         wanted = set(args.modes.split(","))
         modes = [m for m in modes if m.name in wanted or (m.baseline is None and any(

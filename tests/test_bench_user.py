@@ -63,8 +63,8 @@ def user_and_modes(tmp_path: Path) -> tuple[nsbench_user.User, list[overhead.Mod
     user = nsbench_user.User(USER, tmp_path, 4242, 4242, "/home/them")
     user.nsbox_src = str(tmp_path / "src")
     pythons = {"root-python": "user-python", "root-forked": "user-forked"}
-    return user, [*overhead.twin_modes(modes, "sys:", "root", pythons),
-                  *overhead.twin_modes(modes, "user:", "as them", pythons, user, tmp_path)]
+    return user, [*overhead.twin_modes(modes, "sys:", pythons),
+                  *overhead.twin_modes(modes, "user:", pythons, user, tmp_path)]
 
 
 def test_twin_modes_are_root_modes_on_the_users_python(tmp_path: Path) -> None:
@@ -86,13 +86,13 @@ def test_twin_modes_are_root_modes_on_the_users_python(tmp_path: Path) -> None:
     results |= {m.name: {} for m in twins if not m.baseline}
     ratios = overhead.ratios(results)
     for prefix in ("sys:", "user:"):
-        for key in ("full_vs_forked", "full_vs_floor", "forked_vs_floor",
-                    "full_vs_forked@hold", "full_vs_floor@hold"):
-            a, b = key.split("_vs_")
-            b, _, hold = b.partition("@")
-            held = f"@{hold}" if hold else ""
-            want = (results[f"{prefix}{a}{held}"]["overhead_ms"]
-                    / results[f"{prefix}{b}{held}"]["overhead_ms"])
+        for key, over, under in (("full_vs_forked", "full", "forked"),
+                                 ("full_vs_floor", "full", "floor"),
+                                 ("forked_vs_floor", "forked", "floor"),
+                                 ("full_vs_forked@hold", "full@hold", "forked@hold"),
+                                 ("full_vs_floor@hold", "full@hold", "floor@hold")):
+            want = (results[prefix + over]["overhead_ms"]
+                    / results[prefix + under]["overhead_ms"])
             assert ratios[prefix + key] == want, prefix + key
     assert not any(k.startswith("user:") for k in overhead.ratios({"plain": {}}))
 
@@ -142,9 +142,9 @@ def test_the_report_puts_the_users_column_beside_roots() -> None:
     rat = {"full_vs_forked": 1.5, "sys:full_vs_forked": 1.25, "user:full_vs_forked": 0.5}
     table = overhead.ratio_table(rat, {"user": USER, "hold_mb": 300})
     assert table[0].startswith("| ratio of per-test overheads | ")
-    assert f"| {USER}, system Python |" in table[0]
+    assert f"| root on the system's Python | as {USER} |" in table[0]
     row = next(line for line in table if line.startswith("| full boxes / pytest-forked |"))
     assert "| 1.50 | 1.25 | 0.50 | <= 1.0 |" in row
-    assert row.endswith(f"root, system Python: **not met**; {USER}, system Python: met |")
+    assert row.endswith(f"root on the system's Python: **not met**; as {USER}: met |")
     alone = overhead.ratio_table({"full_vs_forked": 0.9}, {"user": None, "hold_mb": 300})
-    assert "system Python" not in alone[0]
+    assert "system's Python" not in alone[0]
