@@ -535,3 +535,43 @@ def test_pytest_html_gets_memory_and_cpu_columns(pytester: pytest.Pytester, run_
     memory = re.findall(r'col-nsbox_memory\\?">(\d+(?:\.\d)? MiB)<', page)
     cpu = re.findall(r'col-nsbox_cpu\\?">(\d+\.\d{3})<', page)
     assert len(memory) == 2 and len(cpu) == 2, page[-3000:]
+
+
+@needs_cgroups
+@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["one-process", "xdist"])
+def test_the_top_tables_are_printed_with_and_without_xdist(
+        pytester: pytest.Pytester, run_inner, workers: tuple[str, ...]) -> None:
+    """--nsbox-usage N: under xdist the figures come from the workers' reports."""
+    if workers:
+        pytest.importorskip("xdist", reason="lacks: pytest-xdist (pip install -e '.[test]')")
+    write_suite(pytester, 30, REMOVED)
+    result = run_inner(*workers, "--nsbox", "--nsbox-usage=2")
+    result.assert_outcomes(passed=3)
+    out = result.stdout.str()
+    assert "nsbox: top 2 boxed tests by memory peak" in out, out
+    assert "nsbox: top 2 boxed tests by CPU" in out, out
+    table = out[out.index("by memory peak"):out.index("by CPU")]
+    assert re.search(r"^\s+\d+(\.\d+)? MiB  test_suite.py::test_steady$", table, re.M), table
+    assert re.search(r"^\s+\d+(\.\d+)? MiB  test_suite.py::test_grows$", table, re.M), table
+    assert "test_removed" not in table  # 5 MiB: third
+
+
+def test_an_interrupted_first_session_says_nothing_was_written(pytester: pytest.Pytester,
+                                                               run_inner) -> None:
+    pytester.makepyfile(test_stop="""
+        import pytest
+
+        @pytest.mark.nsbox
+        def test_stops():
+            assert False
+
+        @pytest.mark.nsbox
+        def test_after():
+            pass
+    """)
+    result = run_inner("-x", "--nsbox-usage-save=base.json")
+    out = result.stdout.str()
+    assert "nsbox: usage not saved (the session stopped early: " in out, out
+    assert "nothing was written to base.json" in out
+    assert "left as it was" not in out
+    assert not (pytester.path / "base.json").exists()

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from .names import BOX_SIDE, CONTROLLER, HTML_COLUMNS, NsboxBudgetWarning
+from .names import BOX_SIDE, CONTROLLER, HTML_COLUMNS, TOP, NsboxBudgetWarning
 
 __all__ = ["NsboxBudgetWarning", "add_options", "configure", "watch_budgets"]
 
@@ -50,6 +50,11 @@ def configure(config: pytest.Config) -> None:
 
         if not manager.has_plugin(HTML_COLUMNS):
             manager.register(HtmlColumns(), HTML_COLUMNS)
+    if getattr(config.option, "nsbox_usage", 0) and not hasattr(config, "workerinput"):
+        from .plugin import TopUsage
+
+        if not manager.has_plugin(TOP):
+            manager.register(TopUsage(config), TOP)
     if not any(getattr(config.option, name, None) for name in _FLAGS):
         return
     from .plugin import BoxSide, UsagePlugin

@@ -45,6 +45,30 @@ class BoxSide:
                 report.user_properties.extend(pairs)  # before junitxml and xdist read it
 
 
+class TopUsage:
+    """``--nsbox-usage N`` in pytest or the xdist controller: each boxed test's figures from
+    its teardown report, which xdist forwards from the worker that ran it, into the session
+    state whose tables pytest_terminal_summary prints (the controller runs no box itself)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        from ..state import state_key
+
+        self.usage = config.stash[state_key].usage
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "teardown":
+            return
+        figures = {name: value for name, value in report.user_properties
+                   if name in _TOP_FIGURES}
+        if "nsbox_wall_seconds" in figures:  # boxed
+            self.usage[report.nodeid] = figures
+
+
+_TOP_FIGURES = frozenset(("nsbox_wall_seconds", "nsbox_cpu_seconds", "nsbox_memory_peak",
+                          "nsbox_tasks_peak", "nsbox_cpu_throttled_seconds",
+                          "nsbox_io_read_bytes", "nsbox_io_write_bytes"))
+
+
 def _thresholds(config: pytest.Config) -> dict[str, Threshold | None]:
     thresholds = default_thresholds()
     for source, text in (("ini nsbox_usage_fail", config.getini("nsbox_usage_fail")),
@@ -103,8 +127,12 @@ class UsagePlugin:
         if self.save_path:
             why_not = self._incomplete(session, exitstatus)
             if why_not:
-                self.notes.append((f"nsbox: usage not saved ({why_not}); {self.save_path} "
-                                   "is left as it was", {"yellow": True}))
+                import os
+
+                kept = (f"{self.save_path} is left as it was" if os.path.exists(self.save_path)
+                        else f"nothing was written to {self.save_path}")
+                self.notes.append((f"nsbox: usage not saved ({why_not}); {kept}",
+                                   {"yellow": True}))
             else:
                 try:
                     save(self.save_path, rows, meta)
