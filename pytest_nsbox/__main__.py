@@ -12,7 +12,22 @@ commands:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    """Run a command; a reader that goes away (``| head``) ends it quietly, as SIGPIPE would."""
+    try:
+        code = _run(sys.argv[1:] if argv is None else argv)
+        sys.stdout.flush()  # inside the try: a late EPIPE surfaces here, not at exit
+    except BrokenPipeError:
+        import os
+        import signal
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush has nowhere to fail
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
+    return code
+
+
+def _run(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if args else 2
