@@ -41,7 +41,8 @@ class Outcome:
     channel_error: str | None = None
     usage: Usage = field(default_factory=Usage)
     #: after a timeout: (pid inside the box, command line) of each process still alive
-    #: when the box was frozen, pid 1 (the init) first
+    #: when the box was frozen but the test process (its stack says where it was), pid 1
+    #: (the init) first
     processes: list[tuple[int, str]] = field(default_factory=list)
     #: after a timeout: seconds the freeze took (None: the box was not frozen)
     freeze_seconds: float | None = None

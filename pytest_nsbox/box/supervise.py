@@ -283,7 +283,7 @@ def _supervise(top: int, clone_vm: bool, result_r: int, diag_r: int,
                     len(diag) and now - last_diag >= _DUMP_QUIET)):
                 dump_until = None
                 outcome.stack = _with_view(diag, kernel_view)
-                _freeze(outcome, cgroup, on_frozen)  # _kill kills, then thaws, a frozen box
+                _freeze(outcome, cgroup, on_frozen, top)  # _kill kills, then thaws it
                 _kill(top, cgroup, init_pidfd)
             if drain_until is not None and now >= drain_until:
                 break  # the box is gone; something outside it holds a pipe open
@@ -411,9 +411,10 @@ def _watch_relay(poller: Any, relay: Any, watched: set[int]) -> set[int]:
 
 
 def _freeze(outcome: Outcome, cgroup: Any,
-            on_frozen: Callable[[list[int]], None] | None) -> None:
-    """Freeze a timed-out box (after its stack dump), list what is alive in it, and let
-    `on_frozen` look at the frozen processes (host pids) before the box is killed."""
+            on_frozen: Callable[[list[int]], None] | None, test_pid: int = 0) -> None:
+    """Freeze a timed-out box (after its stack dump), list what is alive in it but the test
+    process `test_pid` (its stack already says where it was), and let `on_frozen` look at
+    all the frozen processes (host pids) before the box is killed."""
     if cgroup is None or not hasattr(cgroup, "freeze"):
         return
     from ..resources.cgroups import describe
@@ -424,7 +425,8 @@ def _freeze(outcome: Outcome, cgroup: Any,
         outcome.freeze_seconds = time.monotonic() - started
     outcome.freeze_note = problem
     pids = cgroup.pids()
-    outcome.processes = sorted(d for d in map(describe, pids) if d is not None)
+    outcome.processes = sorted(d for d in map(describe, (p for p in pids if p != test_pid))
+                               if d is not None)
     if on_frozen is not None:
         try:
             on_frozen(pids)

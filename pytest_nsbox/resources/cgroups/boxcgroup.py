@@ -83,8 +83,11 @@ class BoxCgroup:
             control, data, state, done = f"{d}/cgroup.freeze", b"1", f"{d}/cgroup.events", None
         else:
             d = self.dirs.get("freezer")
-            if d is None:
-                return "the box is not in a v1 freezer cgroup"
+            if d is None:  # a user's cgroups without the freezer, or none at all
+                return ("listed while they ran: no cgroup freezer could pause the box first "
+                        "(the v1 freezer hierarchy is not mounted or not writable by this user)"
+                        if self.dirs else "the box ran without a cgroup (best-effort limits): "
+                        "what else ran in it is not listed")
             control, data, state, done = f"{d}/freezer.state", b"FROZEN", f"{d}/freezer.state", \
                 b"FROZEN"
         try:
