@@ -614,8 +614,6 @@ _DOCKER_CGROUP_FIX = ("in Docker, give the container its own writable cgroup: `-
 
 def _cgroup_checks(timeout: float) -> list[Check]:
     from .resources import cgroups
-    from .resources.cgroups.v1 import _V1_FIX
-    from .resources.cgroups.v2 import _V2_FIX
 
     try:
         facts = cgroups.detect()
@@ -632,7 +630,7 @@ def _cgroup_checks(timeout: float) -> list[Check]:
     label = {"v1": "v1", "hybrid": "v1 (hybrid: controllers on v1, cgroup2 unused)",
              "v2": "v2 (unified)"}[version]
     checks = [Check("cgroup version", PASS, label, method=how)]
-    fix = _V2_FIX if v2 else _V1_FIX
+    fix = cgroups.user_fix()
     if _container():
         fix += f"; {_DOCKER_CGROUP_FIX}"
 
@@ -685,7 +683,7 @@ def _cgroup_checks(timeout: float) -> list[Check]:
         else:
             checks.append(Check("cgroup delegation", DEGRADED,
                                 f"{where} is not delegated to uid {os.geteuid()}",
-                                _V2_FIX, how))
+                                cgroups.user_fix(), how))
     if facts.get("cgroup_kill"):
         checks.append(Check("cgroup.kill", PASS, "a box is killed in one write", method=how))
     else:
@@ -877,14 +875,17 @@ def _cgroup_summary() -> str:
         return "no cgroups (no limits)"
     if version == "v2":
         have = [c for c in _V2_NEEDED if c in facts.get("controllers_available", [])]
-        state = "delegated" if facts.get("delegated") else (
+        state = "delegated (limits available)" if facts.get("delegated") else (
             "writable" if facts.get("writable") else "not writable (no limits)")
         return f"cgroup v2 ({' '.join(have)}) {state}"
-    v1 = facts.get("v1", {})
+    # only the hierarchies boxes use: devices, blkio or a named one (name=systemd) left
+    # root's do not take limits away (found under cgroup-setup's cgroups: limits held
+    # while this said "not writable")
+    v1 = {c: d for c, d in facts.get("v1", {}).items() if c in _V1_NEEDED}
     have = [c for c in ("memory", "cpu", "pids", "cpuset") if c in v1]
     writable = v1 and all(d["writable"] for d in v1.values())
-    return f"cgroup v1 ({' '.join(have)}) " + ("writable" if writable else "not writable "
-                                                "(no limits)")
+    return f"cgroup v1 ({' '.join(have)}) " + ("writable (limits available)" if writable
+                                                else "not writable (no limits)")
 
 
 # --- entry points -------------------------------------------------------------------------------

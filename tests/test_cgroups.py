@@ -447,7 +447,7 @@ def test_v2_cgroup_kill_ends_a_fork_bomb() -> None:
 
 @pytest.mark.vm
 def test_vm_mode_gives_what_it_must() -> None:
-    """Per VM mode: root and delegated enforce limits; undelegated names systemd-run."""
+    """Per VM mode: root and delegated enforce limits; undelegated names cgroup-setup."""
     if not VM_MODE:
         pytest.skip("lacks: NSBOX_VM_MODE (set by tests/vm/run_vm_lane.sh)")
     assert cgroups.detect()["version"] == "v2"
@@ -461,7 +461,7 @@ def test_vm_mode_gives_what_it_must() -> None:
     assert cgroups.box_cgroup(BoxOptions()) is None  # no limit asked: wait4 accounting
     with pytest.raises(cgroups.CgroupUnavailable) as info:
         cgroups.box_cgroup(BoxOptions(memory=64 * MiB))
-    assert "systemd-run --user --scope -p Delegate=yes" in str(info.value)
+    assert "cgroup-setup --user" in str(info.value)
     assert "memory=" in str(info.value)
 
 

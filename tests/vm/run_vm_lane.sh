@@ -6,7 +6,7 @@
 #   root         v2 as root, started in the leaf /vmlab.slice/cmd.scope
 #   delegated    user tester in a delegated user@1001.service subtree (limits must work)
 #   undelegated  user tester, no delegation (a limit must raise CgroupUnavailable naming
-#                systemd-run; without limits boxes fall back to wait4 accounting)
+#                cgroup-setup; without limits boxes fall back to wait4 accounting)
 # Env: VMLAB (path to run-in-vm.sh), LANE_TESTS (default: tests), PYTEST_ARGS (extra
 # pytest args), LANE_TIMEOUT (seconds per VM, default 900).
 set -uo pipefail

@@ -4,7 +4,7 @@
 #   tests/vm_doctor/run.sh [root|delegated|undelegated|nouserns|nouserns-user ...]
 #   root           cgroup v2 as root                        -> PASS (exit 0)
 #   delegated      user tester, delegated cgroup subtree    -> PASS (exit 0)
-#   undelegated    user tester, no delegation               -> DEGRADED (exit 1): systemd-run fix
+#   undelegated    user tester, no delegation               -> DEGRADED (exit 1): cgroup-setup fix
 #   nouserns       root, `sysctl -w user.max_user_namespaces=0` -> FAIL (exit 2)
 #   nouserns-user  user tester, the same sysctl on the kernel command line -> FAIL (exit 2)
 # Env: VMLAB (path to run-in-vm.sh), LANE_TIMEOUT (seconds per VM, default 600).

@@ -39,8 +39,6 @@ from .layout import ROOT, _layout
 from .limits import CgroupUnavailable, _asked, _best_effort
 from .session import LEAF_PREFIX, _get_session, _Session, forget_inherited, session_cleanup
 from .tree import describe
-from .v1 import _V1_FIX
-from .v2 import _V2_FIX, DELEGATE_FIX
 
 if TYPE_CHECKING:
     from ...box.options import BoxOptions
@@ -48,7 +46,6 @@ if TYPE_CHECKING:
 __all__ = [
     "BEST_EFFORT",
     "DELEGATED",
-    "DELEGATE_FIX",
     "ROOT",
     "BoxCgroup",
     "CgroupUnavailable",
@@ -58,6 +55,7 @@ __all__ = [
     "detect",
     "forget_inherited",
     "session_cleanup",
+    "user_fix",
 ]
 
 #: When True, a limit cgroups cannot enforce becomes an rlimit noted in the report
@@ -171,17 +169,20 @@ def _write_limits(session: _Session, path: str, parent: str, controllers: list[s
 def _explain(session: _Session, problems: dict[str, str], asked: dict[str, str]) -> str:
     what = ", ".join(asked[c] for c in problems)
     why = "; ".join(dict.fromkeys(problems.values()))
-    if session.v2:
-        fix = _V2_FIX
-        if os.geteuid() != 0 and set(problems) & {"cpu", "cpuset"}:
-            fix += (". For cpu/cpuset, delegate them too: `sudo systemctl edit user@.service` "
-                    "with `[Service]` `Delegate=cpu cpuset io memory pids`")
-    elif session.layout.version == "none":
+    if session.layout.version == "none":
         fix = "mount cgroup2: `mount -t cgroup2 none /sys/fs/cgroup` (as root)"
     else:
-        fix = _V1_FIX
+        fix = user_fix()
     return f"the box asks {what}, which cgroups here cannot enforce: {why}. Fix: {fix}" + (
         _BEST_EFFORT_HINT)
+
+
+def user_fix() -> str:
+    """The fix for cgroups this process cannot write: the same one wherever it is printed
+    (this error, the doctor, the README), on v1 and v2, with or without systemd."""
+    from ...cgroup_setup import fix
+
+    return f"{fix()} (or run pytest as root)"
 
 
 # --- facts for the doctor ----------------------------------------------------------------

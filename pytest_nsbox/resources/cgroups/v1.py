@@ -15,9 +15,6 @@ if TYPE_CHECKING:
     from ...box.options import BoxOptions
 
 _V1_ACCOUNTING = ("memory", "cpuacct", "pids")
-_V1_FIX = ("run pytest as root, or in a cgroup your user owns: `sudo cgcreate -a $USER -t $USER "
-           "-g memory,cpu,cpuacct,cpuset,pids:$USER` then `cgexec -g "
-           "memory,cpu,cpuacct,cpuset,pids:$USER pytest ...`")
 
 
 def parents(session: _Session, asked: dict[str, str], extra: tuple[str, ...] = ()

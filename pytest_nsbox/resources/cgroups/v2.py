@@ -15,8 +15,6 @@ if TYPE_CHECKING:
     from ...box.options import BoxOptions
 
 _V2_ACCOUNTING = ("memory", "pids")
-DELEGATE_FIX = "systemd-run --user --scope -p Delegate=yes pytest ..."
-_V2_FIX = (f"run pytest in a cgroup delegated to you: `{DELEGATE_FIX}` (or run pytest as root)")
 
 
 def parents(session: _Session, asked: dict[str, str]

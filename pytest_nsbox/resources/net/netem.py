@@ -31,7 +31,8 @@ __all__ = [
     "set_faults",
 ]
 
-NETEM_FIX = "modprobe sch_netem, or run where it exists (the vmlab VM has it)"
+NETEM_FIX = ("modprobe sch_netem (as root), or run on a kernel that has it (most distribution "
+             "kernels do; Ubuntu ships it in linux-modules-extra-$(uname -r))")
 
 _TIME_US = {"us": 1, "ms": 1000, "s": 1_000_000}
 # tc's units: 'bit' suffixes are bits per second, 'bps' suffixes are BYTES per second.
