@@ -575,3 +575,39 @@ def test_an_interrupted_first_session_says_nothing_was_written(pytester: pytest.
     assert "nothing was written to base.json" in out
     assert "left as it was" not in out
     assert not (pytester.path / "base.json").exists()
+
+
+@needs_cgroups
+@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["one-process", "xdist"])
+def test_a_shard_is_compared_on_the_tests_it_selected(pytester: pytest.Pytester, run_inner,
+                                                       workers: tuple[str, ...]) -> None:
+    """A full baseline, then one shard (-k, another path): the other shards' tests are not
+    "vanished", one line counts them, the totals are over the tests in both."""
+    if workers:
+        pytest.importorskip("xdist", reason="lacks: pytest-xdist (pip install -e '.[test]')")
+    write_suite(pytester, 20, REMOVED + NEW)
+    pytester.makepyfile(test_other="""
+        import pytest
+
+        @pytest.mark.nsbox
+        def test_elsewhere():
+            pass
+    """)
+    run_inner("--nsbox-usage-save=base.json").assert_outcomes(passed=5)
+    write_suite(pytester, 20, REMOVED)  # test_new is gone from its file: that one vanished
+    shard = run_inner(*workers, "test_suite.py", "-k", "steady or grows or new",
+                      "--nsbox-usage-compare=base.json", "--nsbox-usage-report=shard.html",
+                      *QUIET)
+    out = shard.stdout.str()
+    assert shard.ret == 0, out
+    shard.assert_outcomes(passed=2)
+    vanished = [line for line in shard.stdout.lines if line.startswith("vanished")]
+    assert vanished == ["vanished (not run in this session): test_suite.py::test_new"], out
+    assert ("not compared: 2 tests of the baseline this run did not select (deselected, "
+            "another shard's, or outside its paths)") in out
+    assert re.search(r"^totals \(figures: the 2 tests in both\)", out, re.M), out
+    assert re.search(r"^boxed tests\s+3\s+2\s+-33%$", out, re.M), out  # 2 + the vanished one
+    summed = re.search(r"^memory peaks, summed\s+\S+ MiB\s+\S+ MiB\s+(\S+)%$", out, re.M)
+    assert summed and abs(int(summed.group(1))) < 15, out  # not 2 tests against 5
+    page = (pytester.path / "shard.html").read_text()
+    assert "not selected in this run" in page and "test_elsewhere" not in page

@@ -43,6 +43,8 @@ class Baseline:
     rows: dict[str, Row]
     meta: dict[str, Any] = field(default_factory=dict)
     path: str = ""
+    #: each test's entry as saved, keys this version does not know included (merge keeps them)
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def totals(rows: Iterable[Row]) -> dict[str, Any]:
@@ -155,6 +157,12 @@ def load(path: str) -> Baseline:
         for name in ("limits", "budgets"):
             if isinstance(entry.get(name), dict):
                 setattr(row, name, entry[name])
+        if isinstance(entry.get("over_budget"), list):
+            row.over_budget = [str(reason) for reason in entry["over_budget"]]
+        if isinstance(entry.get("runs"), int):
+            row.runs = entry["runs"]
+        if isinstance(entry.get("worker"), str):
+            row.worker = entry["worker"]
         rows[row.nodeid] = row
     meta = {key: value for key, value in data.items() if key != "tests"}
-    return Baseline(rows, meta, path)
+    return Baseline(rows, meta, path, tests)

@@ -9,7 +9,7 @@ CI runner: a box's memory peak is steady from run to run, its CPU and wall times
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from ...box.options import OptionError, parse_size
@@ -184,6 +184,8 @@ class Comparison:
     changes: list[Change] = field(default_factory=list)
     new: list[str] = field(default_factory=list)
     vanished: list[str] = field(default_factory=list)
+    #: baseline tests this run did not select (a shard, -k, -m, other paths): not compared
+    unselected: list[str] = field(default_factory=list)
     over_budget: list[tuple[str, str]] = field(default_factory=list)
 
     @property
@@ -195,8 +197,12 @@ class Comparison:
 
 
 def compare(baseline: dict[str, Row] | None, rows: dict[str, Row],
-            thresholds: dict[str, Threshold | None]) -> Comparison:
-    """Changes of each test present in both, beyond its figure's threshold either way."""
+            thresholds: dict[str, Threshold | None],
+            unselected: Collection[str] = ()) -> Comparison:
+    """Changes of each test present in both, beyond its figure's threshold either way.
+
+    `unselected`: baseline tests this run did not select; they are not "vanished" (a shard
+    compared with a full baseline would list every other shard's test)."""
     result = Comparison()
     for nodeid, row in rows.items():
         for reason in row.over_budget:
@@ -219,7 +225,10 @@ def compare(baseline: dict[str, Row] | None, rows: dict[str, Row],
             elif now > 0 and threshold.beyond(now, base):
                 result.changes.append(Change(nodeid, threshold.figure, base, now, threshold,
                                              False))
-    result.vanished = [nodeid for nodeid in baseline if nodeid not in rows]
+    skipped = set(unselected)
+    for nodeid in baseline:
+        if nodeid not in rows:
+            (result.unselected if nodeid in skipped else result.vanished).append(nodeid)
     return result
 
 
@@ -247,9 +256,18 @@ def render_table(comparison: Comparison, baseline: dict[str, Row] | None,
         lines.append(f"new: {nodeid} ({_brief(row)})")
     for nodeid in comparison.vanished:
         lines.append(f"vanished (not run in this session): {nodeid}")
+    if comparison.unselected:
+        count = len(comparison.unselected)
+        lines.append(f"not compared: {count} test{'s' * (count != 1)} of the baseline this run "
+                     "did not select (deselected, another shard's, or outside its paths)")
     if baseline is not None:
-        old, now = totals(baseline.values()), totals(rows.values())
-        totals_table: list[tuple[str, ...]] = [("totals", "baseline", "now", "change")]
+        both = [nodeid for nodeid in rows if nodeid in baseline]
+        old = totals(baseline[nodeid] for nodeid in both)
+        now = totals(rows[nodeid] for nodeid in both)
+        old["tests"] = len(baseline) - len(comparison.unselected)  # this run's part of it
+        now["tests"] = len(rows)
+        totals_table: list[tuple[str, ...]] = [
+            (f"totals (figures: the {len(both)} tests in both)", "baseline", "now", "change")]
         for key, title, show in (
                 ("tests", "boxed tests", _show_count),
                 ("memory_peak_sum", "memory peaks, summed", _show_size),

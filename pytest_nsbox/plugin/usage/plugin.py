@@ -15,6 +15,8 @@ from .names import CONTROLLER, NsboxBudgetWarning
 from .record import Recorder, box_properties
 
 _FORMAT = "a JSON file written by --nsbox-usage-save (schema 1)"
+#: the key of an xdist worker's output that carries the node ids it deselected
+DESELECTED = "nsbox_usage_deselected"
 
 
 class BoxSide:
@@ -24,6 +26,16 @@ class BoxSide:
     def __init__(self, limits: bool) -> None:
         self.limits = limits
         self._pending: dict[str, list[tuple[str, Any]]] = {}
+        self._deselected: list[str] = []
+
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        if items and hasattr(items[0].config, "workeroutput"):  # an xdist worker
+            self._deselected.extend(item.nodeid for item in items)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        output = getattr(session.config, "workeroutput", None)
+        if output is not None:  # the controller never collects: it learns them from here
+            output[DESELECTED] = self._deselected
 
     def pytest_nsbox_outcome(self, item: pytest.Item, outcome: Any) -> None:
         from ..state import options_key
@@ -103,6 +115,9 @@ class UsagePlugin:
                 raise pytest.UsageError(f"--nsbox-usage-compare: {exc}; accepted: "
                                         f"{_FORMAT}") from None
         self.recorder = Recorder()
+        #: what this run selected and deselected: a shard is compared on its own tests
+        self.selected: set[str] = set()
+        self.deselected: set[str] = set()
         self.interrupted = False
         self.comparison: Comparison | None = None
         self.failing = False
@@ -112,13 +127,44 @@ class UsagePlugin:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.recorder.add(report)
 
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.selected.update(item.nodeid for item in session.items)
+
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        self.deselected.update(item.nodeid for item in items)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        self.selected.update(ids)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        self.deselected.update(getattr(node, "workeroutput", {}).get(DESELECTED, ()))
+
+    def unselected(self) -> list[str]:
+        """Baseline tests this run did not select: deselected (-k, -m, a shard plugin), or
+        in files it did not collect (other paths) that still exist."""
+        if self.baseline is None:
+            return []
+        rows, selected, deselected = self.recorder.rows, self.selected, self.deselected
+        files = {nodeid.split("::", 1)[0] for nodeid in selected | deselected}
+        root = self.config.rootpath
+        found = []
+        for nodeid in self.baseline.rows:
+            if nodeid in rows or nodeid in selected:
+                continue
+            file = nodeid.split("::", 1)[0]
+            if nodeid in deselected or (file not in files and (root / file).exists()):
+                found.append(nodeid)
+        return found
+
     def pytest_keyboard_interrupt(self) -> None:
         self.interrupted = True  # Ctrl-C, or pytest.exit() from a test
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         rows = self.recorder.rows
         base_rows = self.baseline.rows if self.baseline is not None else None
-        self.comparison = compare(base_rows, rows, self.thresholds)
+        self.comparison = compare(base_rows, rows, self.thresholds, self.unselected())
         self.failing = bool(self.comparison.regressions
                             or (self.checking and self.comparison.over_budget))
         if self.failing and not self.warn_only and session.exitstatus == pytest.ExitCode.OK:
