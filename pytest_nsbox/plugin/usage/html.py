@@ -26,12 +26,14 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}
 .card{border:1px solid #d8dce3;border-radius:6px;padding:8px 14px;min-width:110px}
 .card b{display:block;font-size:20px}.card.bad b{color:#c62828}
 table.usage{border-collapse:collapse;width:100%;font-size:13px}
-table.usage th,table.usage td{border-bottom:1px solid #e3e6eb;padding:4px 8px;text-align:right;
-white-space:nowrap}
+table.usage th,table.usage td{border-bottom:1px solid #e3e6eb;padding:4px 6px;text-align:right;
+white-space:nowrap;vertical-align:top}
+table.usage th{white-space:normal;vertical-align:bottom}
 table.usage th:first-child,table.usage td:first-child{text-align:left;white-space:normal;
-overflow-wrap:anywhere;min-width:16em;max-width:36em}
-table.usage td.limits{white-space:normal;min-width:9em;text-align:left}
+overflow-wrap:normal;word-break:normal;min-width:14em;max-width:30em}
+table.usage td.limits,table.usage td.flags{white-space:normal;min-width:7em;text-align:left}
 .scroll{overflow-x:auto}
+svg#chart{max-width:100%;height:auto}
 table.usage th{background:#f3f5f8;cursor:pointer;user-select:none;position:sticky;top:0}
 table.usage th[aria-sort=ascending]::after{content:" \\25B2"}
 table.usage th[aria-sort=descending]::after{content:" \\25BC"}
@@ -93,14 +95,23 @@ def _seconds(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
 
 
-def _delta(now: float | None, base: float | None) -> tuple[str, str, str]:
-    """(sort value, text, css class) of a change from `base` to `now`."""
+def _delta(now: float | None, base: float | None, beyond: str = "") -> tuple[str, str, str]:
+    """(sort value, text, css class) of a change from `base` to `now`; painted only when
+    `beyond` says it crossed its threshold ("up" or "down"): a change within the noise
+    floor (2 ms to 5 ms of CPU is +150%) is shown, not painted as a regression."""
     if now is None or base is None or base <= 0:
         return "", "", ""
     percent = (now - base) / base * 100
-    css = "up" if percent >= 5 else "down" if percent <= -5 else ""
     text = f"{percent:+.0f}%" if round(percent) else "0%"
-    return repr(percent), text, css
+    return repr(percent), text, beyond
+
+
+def _breakable(text: str) -> str:
+    """`text` escaped, with line-break chances after / :: _ . [ - only: a long test name
+    wraps between its words, not inside one."""
+    import re
+
+    return "<wbr>".join(_e(part) for part in re.split(r"(?<=/)|(?<=::)|(?<=[_.\[\-])", text))
 
 
 def _limits(row: Row) -> str:
@@ -128,6 +139,11 @@ def render(rows: dict[str, Row], baseline: dict[str, Row] | None, comparison: Co
         (regressed if change.up else improved).setdefault(change.nodeid, []).append(
             change.figure.name)
     budget = {nodeid for nodeid, _ in comparison.over_budget}
+
+    def painted(nodeid: str, figure: str) -> str:
+        return ("up" if figure in regressed.get(nodeid, ()) else
+                "down" if figure in improved.get(nodeid, ()) else "")
+
     ordered = sorted(rows.values(), key=lambda row: -(row.memory_peak or 0))
     old = baseline or {}
 
@@ -148,10 +164,10 @@ def render(rows: dict[str, Row], baseline: dict[str, Row] | None, comparison: Co
         return "".join(badges)
 
     columns: list[tuple[str, str, Callable[[Row], tuple[str, str, str]]]] = [
-        ("Test", "text", lambda r: (r.nodeid, _e(r.nodeid), "")),
+        ("Test", "text", lambda r: (r.nodeid, _breakable(r.nodeid), "")),
         ("Outcome", "text", lambda r: (r.outcome, _e(r.outcome), "")),
         ("Flags", "text", lambda r: (str(len(regressed.get(r.nodeid, [])) * 10
-                                         + (r.nodeid in budget)), flags(r), "")),
+                                         + (r.nodeid in budget)), flags(r), "flags")),
         ("Memory peak", "number", lambda r: (_number(r.memory_peak), _size(r.memory_peak), "")),
     ]
     if baseline is not None:
@@ -160,13 +176,15 @@ def render(rows: dict[str, Row], baseline: dict[str, Row] | None, comparison: Co
                 _number(old[r.nodeid].memory_peak if r.nodeid in old else None),
                 _size(old[r.nodeid].memory_peak if r.nodeid in old else None), "")),
             ("Memory change", "number", lambda r: _delta(
-                r.memory_peak, old[r.nodeid].memory_peak if r.nodeid in old else None)),
+                r.memory_peak, old[r.nodeid].memory_peak if r.nodeid in old else None,
+                painted(r.nodeid, "memory"))),
         ]
     columns.append(("CPU s", "number", lambda r: (_number(r.cpu_seconds),
                                                   _seconds(r.cpu_seconds), "")))
     if baseline is not None:
         columns.append(("CPU change", "number", lambda r: _delta(
-            r.cpu_seconds, old[r.nodeid].cpu_seconds if r.nodeid in old else None)))
+            r.cpu_seconds, old[r.nodeid].cpu_seconds if r.nodeid in old else None,
+            painted(r.nodeid, "cpu"))))
     columns += [
         ("Wall s", "number", lambda r: (_number(r.wall_seconds), _seconds(r.wall_seconds), "")),
         ("Tasks peak", "number", lambda r: (_number(r.tasks_peak),
@@ -177,6 +195,9 @@ def render(rows: dict[str, Row], baseline: dict[str, Row] | None, comparison: Co
                                             _size(r.io_write_bytes), "")),
         ("Limits", "text", lambda r: (_limits(r), _e(_limits(r)), "limits")),
     ]
+    optional = {"Tasks peak", "IO read", "IO written", "Limits"}  # hidden when all empty
+    columns = [column for column in columns if column[0] not in optional
+               or any(column[2](row)[0] for row in ordered)]
     head = "".join(f'<th data-type="{kind}">{_e(title)}</th>' for title, kind, _ in columns)
     body = []
     for row in ordered:
@@ -197,6 +218,8 @@ def render(rows: dict[str, Row], baseline: dict[str, Row] | None, comparison: Co
     if baseline is not None:
         cards += [("new", len(comparison.new), False), ("vanished", len(comparison.vanished),
                                                          False)]
+        if comparison.unselected:
+            cards.append(("not selected in this run", len(comparison.unselected), False))
     card_html = "".join(f'<div class="card{" bad" if bad else ""}"><b>{_e(value)}</b>'
                         f"{_e(title)}</div>" for title, value, bad in cards)
     rules = ", ".join(f"{name} {threshold.describe()}" for name, threshold in
@@ -206,7 +229,9 @@ def render(rows: dict[str, Row], baseline: dict[str, Row] | None, comparison: Co
                 f"pytest-nsbox {meta.get('pytest_nsbox', '')}"]
     if baseline is not None:
         subtitle.append(f"against {meta.get('baseline', 'the baseline')} "
-                        f"({len(baseline)} tests); thresholds: {rules}")
+                        f"({len(baseline)} tests"
+                        + (f", {len(comparison.unselected)} of them not selected in this run"
+                           if comparison.unselected else "") + f"); thresholds: {rules}")
     vanished = ""
     if comparison.vanished:
         vanished = ("<h2>Vanished (in the baseline, not run this time)</h2><ul>"
