@@ -5,10 +5,14 @@ from __future__ import annotations
 import sys
 
 USAGE = """usage: pytest-nsbox doctor [--json] [-v] [--timeout S]
+       pytest-nsbox usage merge -o OUT.json [--per-machine] FILE.json...
+       pytest-nsbox usage report -o OUT.html [--compare BASE.json] [--fail RULES] FILE.json
 
 commands:
   doctor   what this machine gives boxes (namespaces, mounts, cgroups, netem), with fixes;
-           exit status 0 PASS, 1 DEGRADED, 2 FAIL"""
+           exit status 0 PASS, 1 DEGRADED, 2 FAIL
+  usage    merge saved usage files (CI shards, reruns) into one baseline; a report page of
+           a saved file (pytest-nsbox usage --help)"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +35,10 @@ def _run(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if args else 2
+    if args[0] == "usage":
+        from .plugin.usage.merge import main as usage_main
+
+        return usage_main(args[1:])
     if args[0] != "doctor":
         print(f"pytest-nsbox: unknown command {args[0]!r}\n{USAGE}", file=sys.stderr)
         return 2
