@@ -7,12 +7,17 @@ import sys
 USAGE = """usage: pytest-nsbox doctor [--json] [-v] [--timeout S]
        pytest-nsbox usage merge -o OUT.json [--per-machine] FILE.json...
        pytest-nsbox usage report -o OUT.html [--compare BASE.json] [--fail RULES] FILE.json
+       pytest-nsbox cgroup-setup --user NAME [--remove]
+       pytest-nsbox cgroup-exec [--] COMMAND [ARGS...]
 
 commands:
   doctor   what this machine gives boxes (namespaces, mounts, cgroups, netem), with fixes;
            exit status 0 PASS, 1 DEGRADED, 2 FAIL
   usage    merge saved usage files (CI shards, reruns) into one baseline; a report page of
-           a saved file (pytest-nsbox usage --help)"""
+           a saved file (pytest-nsbox usage --help)
+  cgroup-setup  as root, once per boot: make cgroups NAME owns, so that NAME's boxes get
+           limits without root; prints the prefix NAME runs pytest under
+  cgroup-exec   run COMMAND (pytest) in the cgroups cgroup-setup made for you"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +44,11 @@ def _run(args: list[str]) -> int:
         from .plugin.usage.merge import main as usage_main
 
         return usage_main(args[1:])
+    if args[0] in ("cgroup-setup", "cgroup-exec"):
+        from . import cgroup_setup
+
+        run = cgroup_setup.main_setup if args[0] == "cgroup-setup" else cgroup_setup.main_exec
+        return run(args[1:])
     if args[0] != "doctor":
         print(f"pytest-nsbox: unknown command {args[0]!r}\n{USAGE}", file=sys.stderr)
         return 2
