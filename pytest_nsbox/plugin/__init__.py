@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import pytest
@@ -286,6 +286,20 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     boxed_runtestprotocol(item, nextitem, _with_plugin_timeout(item, options), _prepared(item))
     ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     return True
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None],
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failure in a box with its own network that its network explains (a refused
+    connect, no route, a failed lookup) says so in its report. Outermost (tryfirst), so it
+    sees the report as final (an xfail already turned into a skip); a pass costs one check."""
+    report = yield
+    if call.excinfo is not None and report.failed:
+        from .nethint import add_hint
+
+        add_hint(item, call, report)
+    return report
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
