@@ -538,14 +538,12 @@ def test_pytest_html_gets_memory_and_cpu_columns(pytester: pytest.Pytester, run_
 
 
 @needs_cgroups
-@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["one-process", "xdist"])
-def test_the_top_tables_are_printed_with_and_without_xdist(
-        pytester: pytest.Pytester, run_inner, workers: tuple[str, ...]) -> None:
-    """--nsbox-usage N: under xdist the figures come from the workers' reports."""
-    if workers:
-        pytest.importorskip("xdist", reason="lacks: pytest-xdist (pip install -e '.[test]')")
+def test_the_top_tables_are_printed_under_xdist(pytester: pytest.Pytester, run_inner) -> None:
+    """--nsbox-usage N: under xdist the figures come from the workers' reports (the tables
+    of one process: tests/test_limits.py)."""
+    pytest.importorskip("xdist", reason="lacks: pytest-xdist (pip install -e '.[test]')")
     write_suite(pytester, 30, REMOVED)
-    result = run_inner(*workers, "--nsbox", "--nsbox-usage=2")
+    result = run_inner("-n", "2", "--nsbox", "--nsbox-usage=2")
     result.assert_outcomes(passed=3)
     out = result.stdout.str()
     assert "nsbox: top 2 boxed tests by memory peak" in out, out
