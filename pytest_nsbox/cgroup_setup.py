@@ -16,7 +16,8 @@ reboot) makes ``nsbox-user-NAME`` cgroups owned by NAME; ``pytest-nsbox cgroup-e
   same file descriptors), and relays signals and the exit status. Where the caller may
   move itself (already in a delegated subtree), it does so and execs CMD directly.
 
-`fix()` is the one fix every message gives (the cgroup error, the doctor, the README).
+`resources.cgroups.userfix.fix()` is the one fix every message gives (the cgroup error,
+the doctor, the README).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ import struct
 import sys
 from typing import Any, NoReturn
 
-__all__ = ["PREFIX", "fix", "fix_commands", "main_exec", "main_setup"]
+from .resources.cgroups import userfix
+
+__all__ = ["PREFIX", "main_exec", "main_setup"]
 
 PREFIX = "nsbox-user-"
 #: v1 hierarchies a box uses (freezer: a box with a timeout is frozen before it is killed)
@@ -46,39 +49,6 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 class SetupError(Exception):
     """What went wrong, in words, for the command line."""
-
-
-# --- the one fix ---------------------------------------------------------------------------
-
-def command() -> str:
-    """How to call pytest-nsbox from here: this Python's (the venv's) script, else PATH's,
-    else ``python -m``."""
-    beside = os.path.join(os.path.dirname(sys.executable), "pytest-nsbox")
-    if os.access(beside, os.X_OK):
-        return beside
-    return shutil.which("pytest-nsbox") or f"{sys.executable} -m pytest_nsbox"
-
-
-def _user_name() -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        return str(os.geteuid())
-
-
-def fix_commands(user: str | None = None, cmd: str | None = None) -> tuple[str, str]:
-    """(root's command, once per boot; the prefix the user runs pytest under)."""
-    cmd = cmd or command()
-    return (f"{cmd} cgroup-setup --user {user or _user_name()}", f"{cmd} cgroup-exec")
-
-
-def fix(user: str | None = None, cmd: str | None = None) -> str:
-    """The fix for limits as a normal user, as every message words it."""
-    setup, prefix = fix_commands(user, cmd)
-    return (f"run `{setup}` as root (once per boot: it makes cgroups the user owns), then "
-            f"run pytest under `{prefix}`, e.g. `{prefix} pytest ...`")
 
 
 # --- where the hierarchies are ---------------------------------------------------------------
@@ -163,11 +133,11 @@ def setup(user: str) -> tuple[list[str], str]:
                     if not _read(f"{path}/{name}"):
                         _write(f"{path}/{name}", _read(f"{parent}/{name}"))
             _chown_tree(path, uid, gid)
-        return v1_dirs, fix_commands(user)[1]
+        return v1_dirs, userfix.fix_commands(user)[1]
     if v2_dir is None:
         raise SetupError("no cgroup hierarchy is mounted: `mount -t cgroup2 none /sys/fs/cgroup`")
     _setup_v2(v2_dir, user, uid, gid)
-    return [v2_dir], fix_commands(user)[1]
+    return [v2_dir], userfix.fix_commands(user)[1]
 
 
 def _enable(path: str, wanted: tuple[str, ...]) -> None:
@@ -350,13 +320,13 @@ def _resolve(name: str) -> str:
 
 def run(argv: list[str]) -> int:
     """Run argv in this user's cgroups: moved there and exec'd, or started by the spawner."""
-    user = _user_name()
+    user = userfix._user_name()
     v1_dirs, v2_dir = user_cgroups(user)
     argv = [_resolve(argv[0]), *argv[1:]]
     missing = [p for p in (*v1_dirs, *([v2_dir] if v2_dir else [])) if not os.path.isdir(p)]
     if missing or not (v1_dirs or v2_dir):
         raise SetupError(f"no cgroups for {user} ({', '.join(missing) or 'no hierarchy'}); "
-                         f"as root, once per boot: `{fix_commands(user)[0]}`")
+                         f"as root, once per boot: `{userfix.fix_commands(user)[0]}`")
     if v1_dirs:
         for path in v1_dirs:
             _write(f"{path}/cgroup.procs", str(os.getpid()))
@@ -385,7 +355,7 @@ def _through_spawner(user: str, argv: list[str]) -> int:
         conn.connect(sock)
     except OSError as exc:
         raise SetupError(f"the cgroup spawner for {user} is not running ({sock}: "
-                         f"{exc.strerror}); as root: `{fix_commands(user)[0]}`") from None
+                         f"{exc.strerror}); as root: `{userfix.fix_commands(user)[0]}`") from None
     umask = os.umask(0)
     os.umask(umask)
     body = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from conftest import needs
-from pytest_nsbox.cgroup_setup import fix_commands
+from pytest_nsbox import cgroup_setup
+from pytest_nsbox.resources.cgroups.userfix import command, fix_commands
 
 USER = "nsbox-fix-test"
 SYSTEM_PYTHON = "/usr/bin/python3"  # root's Python may live under /root, which users cannot read
@@ -124,19 +125,17 @@ def test_the_printed_fix_gives_a_new_user_limits() -> None:
 
 def test_cgroup_exec_without_the_set_up_names_roots_command(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from pytest_nsbox import cgroup_setup
+    from pytest_nsbox.resources.cgroups import userfix
 
-    monkeypatch.setattr(cgroup_setup, "_user_name", lambda: "nobody-here")
+    monkeypatch.setattr(userfix, "_user_name", lambda: "nobody-here")
     assert cgroup_setup.main_exec(["--", "true"]) == 1
     err = capsys.readouterr().err
     assert "no cgroups for nobody-here" in err
-    assert f"`{cgroup_setup.command()} cgroup-setup --user nobody-here`" in err
+    assert f"`{command()} cgroup-setup --user nobody-here`" in err
 
 
 def test_cgroup_setup_refuses_a_user_that_does_not_exist(
         capsys: pytest.CaptureFixture[str]) -> None:
-    from pytest_nsbox import cgroup_setup
-
     needs(os.geteuid() == 0, "lacks: root")
     assert cgroup_setup.main_setup(["--user", "no-such-user-nsbox"]) == 1
     assert "no user named 'no-such-user-nsbox'" in capsys.readouterr().err

@@ -127,7 +127,7 @@ def test_the_examples_collect_without_errors() -> None:
 
 
 def test_the_readme_sets_up_in_a_venv_and_prints_the_codes_fix() -> None:
-    from pytest_nsbox.cgroup_setup import fix_commands
+    from pytest_nsbox.resources.cgroups.userfix import fix_commands
 
     readme = (ROOT / "README.md").read_text()
     set_up = readme[readme.index("## Set up"):readme.index("## Usage")]
@@ -247,14 +247,14 @@ def produce_cgroup_fix(tmp_path: Path) -> str:
     """The README's example: a user 'you' with a venv in ~/.venvs/nsbox, on cgroup v1."""
     from unittest import mock
 
-    from pytest_nsbox import cgroup_setup
     from pytest_nsbox.resources import cgroups
+    from pytest_nsbox.resources.cgroups import userfix
 
     session = mock.Mock(v2=False)
     session.layout.version = "v1"
     problems = {"memory": "cannot create a cgroup in /sys/fs/cgroup/memory: Permission denied"}
-    with mock.patch.object(cgroup_setup, "_user_name", lambda: "you"), \
-            mock.patch.object(cgroup_setup, "command",
+    with mock.patch.object(userfix, "_user_name", lambda: "you"), \
+            mock.patch.object(userfix, "command",
                               lambda: "/home/you/.venvs/nsbox/bin/pytest-nsbox"):
         message = cgroups._explain(session, problems, {"memory": "memory=64 MiB"})
     return f"[nsbox] {message}"

@@ -89,6 +89,8 @@ GRAPH = {module: _imports(module) for module in MODULES}
 def _layer_of(module: str) -> str:
     if module == PACKAGE or module == f"{PACKAGE}.__main__":
         return "top"
+    if module == f"{PACKAGE}.cgroup_setup":  # a command line, as the doctor's
+        return "doctor"
     if any(module == base or module.startswith(base + ".") for base in BOX_BASE):
         return "box-base"
     for layer in ("resources", "box", "plugin", "doctor"):

@@ -180,7 +180,7 @@ def _explain(session: _Session, problems: dict[str, str], asked: dict[str, str])
 def user_fix() -> str:
     """The fix for cgroups this process cannot write: the same one wherever it is printed
     (this error, the doctor, the README), on v1 and v2, with or without systemd."""
-    from ...cgroup_setup import fix
+    from .userfix import fix
 
     return f"{fix()} (or run pytest as root)"
 
