@@ -11,7 +11,6 @@ from __future__ import annotations
 import socket
 
 import pytest
-
 from helpers import processes_with, token
 
 ROUNDS = 25

@@ -20,6 +20,8 @@ The layers, bottom to top:
    (and the ``box`` package). They may import the box base and the resources.
 4. ``doctor``: anything but the plugin.
 5. ``plugin`` (the pytest side: hooks, protocol, hookspecs, usage): anything.
+6. ``__main__`` (the ``pytest-nsbox`` console script): anything; its commands live in
+   every layer (the doctor, the usage files, the box storage).
 
 So: ``box`` and ``resources`` never import ``plugin`` (or the doctor);
 ``resources`` imports of ``box`` only the base modules of layer 1.
@@ -87,7 +89,9 @@ GRAPH = {module: _imports(module) for module in MODULES}
 
 
 def _layer_of(module: str) -> str:
-    if module == PACKAGE or module == f"{PACKAGE}.__main__":
+    if module == f"{PACKAGE}.__main__":
+        return "cli"  # the console script: its commands live in every layer
+    if module == PACKAGE:
         return "top"
     if module == f"{PACKAGE}.cgroup_setup":  # a command line, as the doctor's
         return "doctor"
@@ -133,6 +137,7 @@ ALLOWED = {
     "doctor": {"box-base", "resources", "box"},
     "plugin": {"box-base", "resources", "box", "doctor", "plugin", "top"},
     "top": {"box-base", "box", "doctor"},
+    "cli": {"box-base", "resources", "box", "doctor", "plugin", "top"},
 }
 
 

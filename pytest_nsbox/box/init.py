@@ -27,7 +27,7 @@ from . import namespaces as ns
 
 TYPE_CHECKING = False  # no typing in the maker, whose copies every box's init is
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
     from typing import Any, NoReturn
 
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -139,10 +139,15 @@ def prepare(request: Any) -> None:
     cgroup_dirs = _open_dirs(path for path, _ in views)
     writable_views = {path for path, writable in views if writable}
     lowers = _open_dirs(options.tmpfs) if options.tmpfs_mode == "overlay" else []
+    sockets = _open_files(request.unix_sockets)
+    layers = _make_layers(request.storage, len(options.tmpfs))
     if options.readonly:
         ns.make_readonly("/")
+        if layers is not None:
+            _bind(layers, writable=True)  # the box's own layers stay writable
     ns.mount_proc()
-    _mount_tmpfs_paths(options.tmpfs, {path: fd for fd, path in lowers})
+    _mount_tmpfs_paths(options.tmpfs, {path: fd for fd, path in lowers}, layers,
+                       options.tmpfs_size)
     if devices is not None:
         _minimal_dev(devices)
     elif os.path.isdir("/dev/shm"):
@@ -154,6 +159,11 @@ def prepare(request: Any) -> None:
         ns.make_writable(fd, path)
     for fd, _ in kept + writable:
         os.close(fd)
+    for fd, path in sockets:
+        ns.bind_onto(fd, path)  # through the overlay, connect() would be refused
+        os.close(fd)
+    if layers is not None:  # the storage of every box, this one's included, out of sight
+        _bind(f"{layers}/inner", os.path.dirname(os.path.dirname(layers)), options.readonly)
 
 
 def lock(request: Any) -> None:
@@ -183,25 +193,83 @@ def prepare_net(request: Any, relay_fd: int | None) -> None:
         make_listeners(options.forward or {}, relay_fd, request.auto_forward)
 
 
-def _mount_tmpfs_paths(paths: Iterable[str], lowers: dict[str, int]) -> None:
-    """A private tmpfs on each path; over the host's directory (open in `lowers`) where
-    there is one, an overlay, so what the session left there shows through."""
+def _make_layers(box_dir: str | None, count: int) -> str | None:
+    """The box's directory on disk (its storage, `resources.storage`): a subdirectory
+    for each private path and `inner`, what the box sees where the storage is. None
+    (RAM) where it cannot be made."""
+    if box_dir is None or not count:
+        return None
+    try:
+        os.mkdir(box_dir, 0o700)
+        for name in ("inner", *map(str, range(count))):
+            os.mkdir(f"{box_dir}/{name}", 0o700)
+    except OSError:
+        return None
+    return box_dir
+
+
+def _bind(source: str, target: str | None = None, writable: bool = False) -> None:
+    """Bind `source` onto `target` (itself by default), writable again if asked."""
+    fd = os.open(source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if writable:
+            ns.make_writable(fd, target or source)
+        else:
+            ns.bind_back(fd, target or source)
+    finally:
+        os.close(fd)
+
+
+def _mount_tmpfs_paths(paths: Iterable[str], lowers: dict[str, int], layers: str | None,
+                       size: int | None) -> None:
+    """A private layer on each path; over the host's directory (open in `lowers`) where
+    there is one, an overlay, so what the session left there shows through. The layer is
+    on disk in `layers` where the kernel takes it, else a tmpfs (of `size`).
+
+    In order: an overlay on disk; an overlay on a tmpfs (an upper layer on an overlay,
+    as where / is one, is refused); an empty directory on disk (an overlay over a
+    directory with mounts below it is refused in a user namespace); an empty tmpfs.
+    """
     mounted: list[str] = []
-    for path in sorted(paths):  # outer first: an inner path is made in its tmpfs
+    for index, path in enumerate(sorted(paths)):  # outer first: an inner one is made in it
         lower = lowers.pop(path, None)
         if any(_under(path, top) for top in mounted):
             os.makedirs(path, exist_ok=True)
         elif not os.path.isdir(path):
             raise ns.SetupFailed(f"mount tmpfs: no directory {path}", 2)
-        ns.mount_tmpfs(path)
+        mounted.append(path)
+        layer = f"{layers}/{index}" if layers is not None else None
+        tmpfs = False
         if lower is not None:
             try:
-                ns.mount_overlay(lower, path)
-            except OSError:
-                pass  # the empty tmpfs stays: the kernel refused (mounts below the host's
-                # directory, in a user namespace; or overlays stacked too deep)
-            os.close(lower)
-        mounted.append(path)
+                if layer is not None and _attempt(ns.mount_overlay, lower, path, layer):
+                    continue
+                ns.mount_tmpfs(path, size=size)
+                tmpfs = True
+                if _attempt(ns.mount_overlay, lower, path):
+                    continue
+            finally:
+                os.close(lower)
+        if layer is not None and _attempt(_bind_empty, f"{layer}/upper", path):
+            continue  # (over the tmpfs whose overlay was refused, if any)
+        if not tmpfs:
+            ns.mount_tmpfs(path, size=size)
+
+
+def _attempt(mount: Callable[..., None], *args: Any) -> bool:
+    """Whether `mount(*args)` worked; False where the kernel refused it."""
+    try:
+        mount(*args)
+    except (OSError, ns.SetupFailed):
+        return False
+    return True
+
+
+def _bind_empty(directory: str, path: str) -> None:
+    """An empty directory of the box's, on disk, bound writable onto `path`."""
+    os.mkdir(directory)
+    os.chmod(directory, 0o1777)  # as a fresh tmpfs is
+    _bind(directory, path, writable=True)
 
 
 _DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty")
@@ -253,6 +321,17 @@ def _hide_cgroups(own: list[tuple[int, str]], writable: set[str]) -> None:
         else:
             ns.bind_readonly(fd, path)
         os.close(fd)
+
+
+def _open_files(paths: Iterable[str]) -> list[tuple[int, str]]:
+    """O_PATH handles of files (the session's Unix sockets), before a mount hides them."""
+    opened = []
+    for path in paths:
+        try:
+            opened.append((os.open(path, os.O_PATH | os.O_CLOEXEC), path))
+        except OSError:
+            continue  # gone since pytest listed it
+    return opened
 
 
 def _open_dirs(paths: Iterable[str]) -> list[tuple[int, str]]:

@@ -44,6 +44,8 @@ class Request:
     views: tuple[tuple[str, bool], ...] = ()  # the cgroup directories it sees
     auto_forward: tuple[Any, ...] = ()  # listeners.AutoForward
     relay: bool = False  # forward or auto_forward: make the relay socketpair
+    storage: str | None = None  # the box's directory on disk for its private paths
+    unix_sockets: tuple[str, ...] = ()  # the session's, under its private paths: bound in
 
 
 @dataclass

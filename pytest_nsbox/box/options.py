@@ -350,6 +350,15 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "'overlay': a tmpfs path shows what the host had there when the box started, "
                "and what the box writes stays in the box (where the kernel allows overlay "
                "mounts, else 'empty'); 'empty': an empty tmpfs", "MODE", nullable=False),
+    OptionSpec("tmpfs_storage", _choice("tmpfs_storage", ("disk", "ram")), "disk",
+               "where what the box writes to its tmpfs paths lives: 'disk': a directory of "
+               "the box's own on the host's disk (page cache, as unboxed; removed with the "
+               "box; see --nsbox-storage), RAM where that disk cannot hold it; 'ram': a "
+               "tmpfs, counted in the box's memory", "WHERE", nullable=False),
+    OptionSpec("tmpfs_size", lambda value: parse_size(value, "tmpfs_size"), None,
+               "most bytes the box may write to each tmpfs path, e.g. '1G' (then 'No space "
+               "left on device'); the kernel enforces it as the size of a tmpfs, so it goes "
+               "with tmpfs_storage='ram'", "SIZE"),
     OptionSpec("devices", _path_list("devices", "device paths under /dev such as ['/dev/fuse'], "
                                      "or 'host' for the host's whole /dev", "/dev/"),
                (), "devices the box sees and may open beyond its minimal /dev (null, zero, "
@@ -387,6 +396,8 @@ class BoxOptions:
     hostname: str = "nsbox"
     tmpfs: tuple[str, ...] = ("/tmp",)
     tmpfs_mode: str = "overlay"
+    tmpfs_storage: str = "disk"
+    tmpfs_size: int | None = None
     devices: tuple[str, ...] = ()
     readonly: bool = False
     user: str = "self"
@@ -418,6 +429,10 @@ def parse_options(values: Mapping[str, object], base: BoxOptions | None = None) 
     options = dataclasses.replace(base or BoxOptions(), **parsed)
     if options.netem or options.forward:
         check_net_options(options)
+    if options.tmpfs_size is not None and options.tmpfs_storage != "ram":
+        raise OptionError("tmpfs_size", options.tmpfs_size,
+                          "a size together with tmpfs_storage='ram' (the kernel enforces it "
+                          "as a tmpfs's size; a private path on disk has no quota)")
     return options
 
 

@@ -48,6 +48,9 @@ class Outcome:
     freeze_seconds: float | None = None
     #: after a timeout: why the box could not be frozen, or what a frozen-box hook raised
     freeze_note: str = ""
+    #: the box's directory on disk for its private paths, None where they were RAM
+    #: (removed after the box, unless kept: `spawn.keep_files`)
+    storage: str | None = None
 
     def error(self, options: BoxOptions) -> BoxError | None:
         """The BoxError for a box that did not end by itself, or None."""

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from ..resources.storage import Storage, remove_tree
 from . import namespaces as ns
 from .errors import BoxUnavailable
 from .maker import Maker, Reply, Request
@@ -46,6 +47,7 @@ class Made:
     diag_r: int
     diag_w: int
     auto: tuple[Any, ...]
+    storage: str | None = None  # the box's directory on disk (`resources.storage`)
     reply: Reply | None = None
 
     @property
@@ -61,7 +63,9 @@ class Made:
 
 _maker: Maker | None = None
 _ahead: Made | None = None
-_later: list[tuple[int, Any]] = []  # (init pidfd, cgroup) of boxes whose test ended
+_later: list[tuple[int, Any, str | None]] = []  # (init pidfd, cgroup, storage) of ended boxes
+_storage: Storage | None = None
+_storage_settings: tuple[str | None, bool] = (None, False)  # (root, keep old kept boxes)
 _pid_ns: PidNamespace | None = None
 _may_set_pid: bool | None = None
 
@@ -80,9 +84,46 @@ _process_paths: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 
 def inherited_fds() -> tuple[int, ...]:
     """fds of the parent's that its boxes must not keep: the eBPF device programs (with
-    one, and a cgroup directory it can open, a box could detach its own filter)."""
+    one, and a cgroup directory it can open, a box could detach its own filter), the
+    storage's session lock."""
     devfilter = sys.modules.get("pytest_nsbox.resources.devices")
-    return devfilter.program_fds() if devfilter is not None else ()
+    programs = devfilter.program_fds() if devfilter is not None else ()
+    return programs + (_storage.fds() if _storage is not None else ())
+
+
+def configure_storage(root: str | None, keep_old: bool = False) -> None:
+    """Where this process's boxes keep their private paths on disk (None: the default
+    root), and whether the kept boxes of earlier sessions stay (--nsbox-keep-failed)."""
+    global _storage_settings
+    _storage_settings = (root, keep_old)
+
+
+def storage() -> Storage:
+    """This process's box storage on disk, made at the first box that needs it."""
+    global _storage
+    if _storage is None or _storage.owner != os.getpid():
+        root, keep_old = _storage_settings
+        _storage = Storage(root, keep_old)
+    return _storage
+
+
+def _box_storage(options: BoxOptions) -> str | None:
+    """A directory on disk for the box's private paths, None when they are RAM."""
+    if not options.tmpfs or options.tmpfs_storage != "disk":
+        return None
+    store = storage()
+    if any(_under(store.root, path) for path in options.tmpfs):
+        return None  # the storage is itself private to the box: it cannot hold its layers
+    return store.box_dir()
+
+
+def keep_files(made_storage: str, name: str, paths: tuple[str, ...]) -> dict[str, str]:
+    """Keep what a finished box wrote to its private `paths` (--nsbox-keep-failed)."""
+    return storage().keep(made_storage, name, tuple(sorted(paths)))
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
 
 
 def process_paths() -> tuple[str, ...]:
@@ -132,7 +173,8 @@ def _nested_message(outer: Any, exc: Exception) -> str:
             f"inner box. (Here: {getattr(exc, 'reasons', '') or exc}.)")
 
 
-def construction(box: Any, auto: tuple[Any, ...]) -> tuple[Any, ...]:
+def construction(box: Any, auto: tuple[Any, ...],
+                 sockets: tuple[str, ...] = ()) -> tuple[Any, ...]:
     """What a box is made of: two tests with the same construction can use one made ahead.
 
     The timeout and the budgets are pytest's business, not the box's (v1 gives a box
@@ -142,20 +184,23 @@ def construction(box: Any, auto: tuple[Any, ...]) -> tuple[Any, ...]:
     built = dataclasses.replace(options, timeout=1.0 if options.timeout else None,
                                 memory_budget=None, cpu_budget=None)
     return (built, box.keep_paths + process_paths(), box.writable_paths, auto,
-            os.geteuid(), os.getegid())
+            os.geteuid(), os.getegid(), sockets)
 
 
-def ask(box: Any, auto: tuple[Any, ...], key: tuple[Any, ...] | None = None) -> Made:
+def ask(box: Any, auto: tuple[Any, ...], sockets: tuple[str, ...] = (),
+        key: tuple[Any, ...] | None = None) -> Made:
     """Ask the maker for a box (its cgroup and pipes made here, now)."""
-    key = key or construction(box, auto)
+    key = key or construction(box, auto, sockets)
     options = box.options
     cgroup = make_cgroup(options)
     result_r, result_w = os.pipe()
     diag_r, diag_w = os.pipe()
+    box_storage = _box_storage(options)
     request = Request(options=key[0], keep_paths=key[1], writable_paths=key[2],
                       uid=key[4], gid=key[5], views=getattr(cgroup, "views", ()),
-                      auto_forward=auto, relay=bool(options.forward or auto))
-    made = Made(key, cgroup, result_r, result_w, diag_r, diag_w, auto)
+                      auto_forward=auto, relay=bool(options.forward or auto),
+                      storage=box_storage, unix_sockets=sockets)
+    made = Made(key, cgroup, result_r, result_w, diag_r, diag_w, auto, box_storage)
     try:
         maker().send(request, [result_w, *getattr(cgroup, "join_fds", ())])
     except BaseException:
@@ -164,16 +209,16 @@ def ask(box: Any, auto: tuple[Any, ...], key: tuple[Any, ...] | None = None) -> 
     return made
 
 
-def take(box: Any, auto: tuple[Any, ...]) -> Made:
+def take(box: Any, auto: tuple[Any, ...], sockets: tuple[str, ...] = ()) -> Made:
     """The box for this test: the one made ahead when it fits, else one made now."""
     global _ahead
-    key = construction(box, auto)
+    key = construction(box, auto, sockets)
     made, _ahead = _ahead, None
     if made is not None and made.construction != key:
         throw_away(made)
         made = None
     if made is None:
-        made = ask(box, auto, key)
+        made = ask(box, auto, sockets, key)
     _receive(made)
     return made
 
@@ -198,13 +243,14 @@ def _receive(made: Made) -> None:
         raise BoxUnavailable(message or explain_setup_failure(step, err))
 
 
-def prefetch(box: Any | None, auto: tuple[Any, ...] = ()) -> None:
+def prefetch(box: Any | None, auto: tuple[Any, ...] = (), sockets: tuple[str, ...] = ()
+             ) -> None:
     """Ask for `box` now, to be taken by the next test (a no-op when one is asked for)."""
     global _ahead
     if box is None or _ahead is not None or _maker is None or _maker.owner != os.getpid():
         return
     try:
-        _ahead = ask(box, auto)
+        _ahead = ask(box, auto, sockets)
     except Exception:
         _ahead = None  # the next test asks again, and says why if it fails again
 
@@ -222,10 +268,13 @@ def throw_away(made: Made) -> None:
         pidfd_kill(fds[0])
         for fd in fds[1:]:
             os.close(fd)
-        later(fds[0], made.cgroup)
-    elif made.cgroup is not None:
-        made.cgroup.close_join_fds()
-        made.cgroup.remove()
+        later(fds[0], made.cgroup, made.storage)
+    else:
+        if made.cgroup is not None:
+            made.cgroup.close_join_fds()
+            made.cgroup.remove()
+        if made.storage is not None:
+            remove_tree(made.storage)
 
 
 def start(made: Made, plan: Any, test_process_main: Callable[[Any], NoReturn]
@@ -280,21 +329,22 @@ def end(made: Made, defer: bool) -> None:
         with contextlib.suppress(OSError):
             os.close(relay_end)
     select.select([pidfd], [], [], END_PATIENCE)
-    later(pidfd, made.cgroup)
+    later(pidfd, made.cgroup, made.storage)
     if not defer:
         tidy(block=True)
 
 
-def later(pidfd: int, cgroup: Any) -> None:
-    _later.append((pidfd, cgroup))
+def later(pidfd: int, cgroup: Any, box_storage: str | None = None) -> None:
+    _later.append((pidfd, cgroup, box_storage))
 
 
 def tidy(block: bool = False) -> None:
-    """Remove the cgroups of boxes whose init is gone (all of them, waiting, if `block`)."""
+    """Remove the cgroups and files of boxes whose init is gone (all of them, waiting,
+    if `block`)."""
     keep = []
-    for pidfd, cgroup in _later:
+    for pidfd, cgroup, box_storage in _later:
         if not block and not select.select([pidfd], [], [], 0)[0]:
-            keep.append((pidfd, cgroup))
+            keep.append((pidfd, cgroup, box_storage))
             continue
         if block:
             select.select([pidfd], [], [], 10.0)
@@ -302,6 +352,8 @@ def tidy(block: bool = False) -> None:
         if cgroup is not None:
             cgroup.close_join_fds()
             cgroup.remove()
+        if box_storage is not None:
+            remove_tree(box_storage)
     _later[:] = keep
 
 
@@ -315,6 +367,8 @@ def close() -> None:
     if _maker is not None and _maker.owner == os.getpid():
         _maker.close()
     _maker = None
+    if _storage is not None:
+        _storage.close()
 
 
 def machinery() -> tuple[set[int], set[int]]:
@@ -333,7 +387,7 @@ def machinery() -> tuple[set[int], set[int]]:
         fds.update((_ahead.result_r, _ahead.result_w, _ahead.diag_r, _ahead.diag_w))
         fds.update(_ahead.reply.fds if _ahead.reply is not None else ())
         fds.update(getattr(_ahead.cgroup, "join_fds", ()))
-    fds.update(pidfd for pidfd, _ in _later)
+    fds.update(pidfd for pidfd, _, _ in _later)
     fds.update(inherited_fds())  # the eBPF device filter programs, kept for the session
     return pids, fds
 
@@ -342,8 +396,8 @@ def forget_inherited() -> object:
     """In a box's test process: the parent's maker, boxes and pid namespace are not its
     own (a box inside it starts its own maker); their fds are closed. Returns them, for
     the caller to keep (`inside._inherited`: freeing them there only copies pages)."""
-    global _maker, _ahead, _pid_ns, _may_set_pid, _later
-    fds = [pidfd for pidfd, _ in _later]
+    global _maker, _ahead, _pid_ns, _may_set_pid, _later, _storage
+    fds = [pidfd for pidfd, _, _ in _later]
     if _maker is not None:
         fds.append(_maker.channel.detach())
     if _pid_ns is not None:
@@ -354,6 +408,6 @@ def forget_inherited() -> object:
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)
-    forgotten = (_maker, _ahead, _pid_ns, _later)
-    _maker, _ahead, _pid_ns, _may_set_pid, _later = None, None, None, None, []
+    forgotten = (_maker, _ahead, _pid_ns, _later, _storage)
+    _maker, _ahead, _pid_ns, _may_set_pid, _later, _storage = None, None, None, None, [], None
     return forgotten

@@ -58,7 +58,7 @@ def run_box(box: BoxSpec, target: Callable[[Callable[[Any], None]], None],
     _preload()
     if options.netem:
         from pyroute2 import IPRoute  # noqa: F401 - once here, not in every box (~200 ms)
-    made = spawn.take(box, _auto_forwards(options))
+    made = spawn.take(box, _auto_forwards(options), _unix_sockets(box))
     cgroup = made.cgroup
     reply = made.reply
     assert reply is not None
@@ -85,7 +85,7 @@ def run_box(box: BoxSpec, target: Callable[[Callable[[Any], None]], None],
             reply.fds = reply.fds[:1]  # the relay owns it now
             relay.attach(relay_end)  # its thread starts when the box connects, if ever
         if next_box is not None:  # after the fork (asked before it: 1.1 ms a test slower)
-            spawn.prefetch(next_box, _auto_forwards(next_box.options))
+            spawn.prefetch(next_box, _auto_forwards(next_box.options), _unix_sockets(next_box))
         spawn.tidy()  # the cgroups of the last boxes, while this one runs
         try:
             outcome = _supervise(top, clone_vm, made.result_r, made.diag_r, options.timeout,
@@ -95,6 +95,7 @@ def run_box(box: BoxSpec, target: Callable[[Callable[[Any], None]], None],
             os.close(made.result_r)
             os.close(made.diag_r)
         outcome.usage.wall_seconds = time.monotonic() - started
+        outcome.storage = made.storage
         if cgroup is not None:
             _account(outcome, cgroup)
     finally:
@@ -127,6 +128,27 @@ def _auto_forwards(options: BoxOptions) -> tuple[Any, ...]:
 
 
 _listing_failed = False
+
+
+def _unix_sockets(box: BoxSpec) -> tuple[str, ...]:
+    """The Unix sockets the session listens on under the box's private paths: each is
+    bound into the box at its path (through the overlay, connect() is refused)."""
+    tmpfs = box.options.tmpfs
+    if not tmpfs:
+        return ()
+    from ..resources.net.listeners import session_unix_sockets
+
+    found = session_unix_sockets()
+    if not found:
+        return ()
+    shown = box.keep_paths + box.writable_paths + spawn.process_paths()  # bound back whole
+    return tuple(path for path in found
+                 if any(_under(path, top) for top in tmpfs)
+                 and not any(_under(path, top) for top in shown))
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
 
 
 def _warn_forward(problems: list[str]) -> None:

@@ -44,6 +44,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("nsbox_best_effort", type="bool", default=False,
                   help="where cgroups cannot hold a limit, use rlimits and say so in the "
                        "report, instead of failing the test")
+    group.addoption("--nsbox-keep-failed", action="store_true", default=None,
+                    help="keep what a failed boxed test wrote to its private paths (/tmp): "
+                         "its report says where; the next session without this flag "
+                         "removes them, as does `pytest-nsbox clean`")
+    parser.addini("nsbox_keep_failed", type="bool", default=False,
+                  help="keep what a failed boxed test wrote to its private paths (/tmp)")
+    group.addoption("--nsbox-storage", default=None, metavar="DIR",
+                    help="where boxes keep what they write to their private paths, on disk "
+                         "(default: /var/tmp/pytest-nsbox-UID)")
+    parser.addini("nsbox_storage", default=None,
+                  help="where boxes keep what they write to their private paths, on disk "
+                       "(default: /var/tmp/pytest-nsbox-UID)")
     group.addoption("--nsbox-usage", type=int, default=0, metavar="N",
                     help="show the N boxed tests that used the most memory and CPU")
     group.addoption("--nsbox-doctor", action="store_true", default=False,
@@ -94,6 +106,12 @@ def pytest_configure(config: pytest.Config) -> None:
                                 "accepted: fail, skip or run")
     state = SessionState(_defaults(config), bool(box_all), unavailable)
     state.keep_usage = bool(config.getoption("nsbox_usage"))
+    keep_failed = config.getoption("nsbox_keep_failed")
+    state.keep_failed = bool(config.getini("nsbox_keep_failed") if keep_failed is None
+                             else keep_failed)
+    storage_root = config.getoption("nsbox_storage") or config.getini("nsbox_storage")
+    state.storage_root = os.path.abspath(os.path.expanduser(storage_root)) if storage_root \
+        else None
     if config.getoption("usepdb", False) or config.getoption("trace", False):
         state.disabled = "--pdb and --trace need the terminal"
     config.stash[state_key] = state
@@ -270,6 +288,9 @@ def _prepared(item: pytest.Item) -> SessionState:
     factory = getattr(config, "_tmp_path_factory", None)
     if factory is not None:
         state.writable_paths = (os.path.realpath(factory.getbasetemp()),)
+    from ..box import spawn
+
+    spawn.configure_storage(state.storage_root, keep_old=state.keep_failed)
     state.prepared = True
     return state
 

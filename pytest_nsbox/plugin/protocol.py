@@ -71,6 +71,8 @@ def boxed_runtestprotocol(item: pytest.Item, nextitem: pytest.Item | None,
         item.ihook.pytest_nsbox_outcome(item=item, outcome=outcome)
         item._report_sections.clear()  # the box's reports hold them now
         reports, exit_request = _reports_from(item, options, outcome)
+        if paths.keep_failed and options.tmpfs:
+            _keep_if_failed(item, options, outcome, reports)
         usage = _usage_properties(outcome)
         pairs = list(usage.items())
         last = reports.get("call") or reports.get("setup")
@@ -102,6 +104,30 @@ def boxed_runtestprotocol(item: pytest.Item, nextitem: pytest.Item | None,
     if exit_request is not None:
         pytest.exit(exit_request[0], exit_request[1])
     return ordered
+
+
+def _keep_if_failed(item: pytest.Item, options: BoxOptions, outcome: Outcome,
+                    reports: dict[str, pytest.TestReport]) -> None:
+    """--nsbox-keep-failed: what a failed box wrote to its private paths stays on disk,
+    and its failing report says where (as Bazel's --sandbox_debug keeps a sandbox)."""
+    failed = [report for report in reports.values() if report.failed]
+    if not failed:
+        return
+    if outcome.storage is None:
+        text = ("nothing kept: the box's private paths were in RAM (tmpfs_storage='ram', "
+                "or no storage on disk here: `pytest-nsbox doctor` says why)")
+    else:
+        from ..box import spawn
+
+        try:
+            kept = spawn.keep_files(outcome.storage, item.nodeid, options.tmpfs)
+        except OSError as exc:
+            text = f"the box's files could not be kept: {exc}"
+        else:
+            text = "\n".join(f"{path} is kept at {where}" for path, where in kept.items())
+            text += ("\n(removed by the next session without --nsbox-keep-failed, or by "
+                     "`pytest-nsbox clean`)")
+    failed[-1].sections.append(("nsbox: the box's files", text))
 
 
 def _adjusted(item: pytest.Item, options: BoxOptions) -> BoxOptions:

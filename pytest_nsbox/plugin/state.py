@@ -27,6 +27,10 @@ class SessionState:
     #: nodeid -> the usage properties of its last box, kept only for --nsbox-usage
     usage: dict[str, dict[str, Any]] = field(default_factory=dict)
     keep_usage: bool = False
+    #: --nsbox-keep-failed: a failed box's files stay on disk, its report says where
+    keep_failed: bool = False
+    #: --nsbox-storage / nsbox_storage: where boxes keep their private paths (None: default)
+    storage_root: str | None = None
 
 
 state_key = pytest.StashKey[SessionState]()

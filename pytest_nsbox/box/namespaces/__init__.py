@@ -34,6 +34,7 @@ from .loopback import bring_loopback_up
 from .mounts import (
     bind_back,
     bind_file,
+    bind_onto,
     bind_readonly,
     make_mounts_private,
     make_readonly,
@@ -56,6 +57,7 @@ __all__ = [
     "SetupFailed",
     "bind_back",
     "bind_file",
+    "bind_onto",
     "bind_readonly",
     "bring_loopback_up",
     "clone_box",

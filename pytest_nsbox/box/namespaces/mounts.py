@@ -52,20 +52,26 @@ def mount_proc() -> None:
     _mount_call("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None, "mount /proc")
 
 
-def mount_tmpfs(path: str, mode: str = "1777") -> None:
-    _mount_call("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={mode}", "mount tmpfs")
+def mount_tmpfs(path: str, mode: str = "1777", size: int | None = None) -> None:
+    data = f"mode={mode}" if size is None else f"mode={mode},size={size}"
+    _mount_call("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, data, "mount tmpfs")
 
 
-def mount_overlay(lower_fd: int, path: str) -> None:
-    """Cover `path`, a fresh tmpfs, with an overlay: the directory open as `lower_fd` (the
-    host's, opened before the tmpfs hid it) below, that tmpfs above. The box sees the
-    host's files and writes only its own layer.
+def mount_overlay(lower_fd: int, path: str, layers: str | None = None) -> None:
+    """Cover `path` with an overlay: the directory open as `lower_fd` (the host's, opened
+    before anything hid it) below, a layer of the box's own above. The box sees the
+    host's files and writes only its own layer: in `layers` (a directory of the box's on
+    disk, which gets the overlay's upper and work directories), else in `path` itself, a
+    fresh tmpfs.
 
     Unprivileged overlay mounts (Linux 5.11+) need ``userxattr``; where that is refused
     (no user namespace), it is tried without.
     """
     lower = os.fstat(lower_fd)
-    upper, work = f"{path.rstrip('/')}/.nsbox-upper", f"{path.rstrip('/')}/.nsbox-work"
+    if layers is None:
+        upper, work = f"{path.rstrip('/')}/.nsbox-upper", f"{path.rstrip('/')}/.nsbox-work"
+    else:
+        upper, work = f"{layers}/upper", f"{layers}/work"
     os.mkdir(upper)
     os.chmod(upper, lower.st_mode & 0o7777)  # the overlay's top directory is the upper one
     try:
@@ -101,6 +107,15 @@ def bind_file(fd: int, path: str) -> None:
     """Bind the file open as `fd` (a device node of the host) onto a new file at `path`."""
     os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     _mount_call(f"/proc/self/fd/{fd}", path, None, MS_BIND, None, f"bind device {path}")
+
+
+def bind_onto(fd: int, path: str) -> None:
+    """Bind the file open as `fd` (a socket, or any non-directory) onto `path`, made as
+    an empty file first where the box has nothing there."""
+    if not os.path.lexists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+    _mount_call(f"/proc/self/fd/{fd}", path, None, MS_BIND, None, f"bind {path}")
 
 
 def bind_back(fd: int, path: str) -> None:

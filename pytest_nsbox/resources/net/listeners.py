@@ -23,7 +23,8 @@ import sys
 from collections.abc import Collection, Iterable
 from typing import NamedTuple
 
-__all__ = ["AutoForward", "Listener", "box_forwards", "listening", "session_listeners"]
+__all__ = ["AutoForward", "Listener", "box_forwards", "listening", "session_listeners",
+           "session_unix_sockets"]
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -279,3 +280,95 @@ def box_forwards(listeners: Iterable[Listener],
     for entry in specific + wildcard:
         chosen.setdefault((entry.address, entry.port), entry)
     return tuple(chosen.values())
+
+
+# -- Unix sockets -------------------------------------------------------------------------
+# A session fixture's server may listen on a Unix socket under /tmp (slapd in
+# python-ldap's suite). A box sees the socket file through its overlay, but connect()
+# finds no socket behind an overlay's inode (ECONNREFUSED): the box's init binds the
+# socket file itself there (`init.prepare`). Found as the TCP listeners are: one
+# sock_diag dump (AF_UNIX, state LISTEN, with names and inodes), matched against the
+# socket fds of pytest's process tree only when the dump's inodes changed.
+
+_UNIX_REQ = struct.Struct("=BBHIII8x")  # family, protocol, pad, states, ino, show, cookie
+_UNIX_MSG = struct.Struct("=BBBBI8x")  # family, type, state, pad, ino, cookie
+_RTATTR = struct.Struct("=HH")
+UDIAG_SHOW_NAME = 1
+UDIAG_SHOW_VFS = 2
+UNIX_DIAG_NAME = 0
+UNIX_DIAG_VFS = 1
+
+
+def _unix_dump(sock: socket.socket) -> list[tuple[int, str, int]]:
+    """(socket inode, path, the path's inode) of every listening Unix socket bound to a
+    path in this network namespace (abstract and unbound ones left out)."""
+    request = _UNIX_REQ.pack(socket.AF_UNIX, 0, 0, 1 << TCP_LISTEN, 0,
+                             UDIAG_SHOW_NAME | UDIAG_SHOW_VFS)
+    sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(request), SOCK_DIAG_BY_FAMILY,
+                             NLM_F_REQUEST | NLM_F_DUMP, 3, 0) + request)
+    found: list[tuple[int, str, int]] = []
+    while True:
+        data = sock.recv(1 << 16)
+        if not data:
+            raise OSError("sock_diag: the dump ended without NLMSG_DONE")
+        offset = 0
+        while offset + _NLMSGHDR.size <= len(data):
+            length, kind, _, _, _ = _NLMSGHDR.unpack_from(data, offset)
+            if length < _NLMSGHDR.size:
+                raise OSError("sock_diag: a malformed netlink message")
+            body, end = offset + _NLMSGHDR.size, offset + length
+            offset += (length + 3) & ~3
+            if kind == NLMSG_DONE:
+                return found
+            if kind == NLMSG_ERROR:
+                code = -struct.unpack_from("=i", data, body)[0]
+                if code:
+                    raise OSError(code, f"sock_diag: {os.strerror(code)}")
+                continue
+            if kind != SOCK_DIAG_BY_FAMILY or end - body < _UNIX_MSG.size:
+                continue
+            inode = _UNIX_MSG.unpack_from(data, body)[4]
+            name, vfs_inode, at = "", 0, body + _UNIX_MSG.size
+            while at + _RTATTR.size <= end:
+                size, kind_ = _RTATTR.unpack_from(data, at)
+                if size < _RTATTR.size:
+                    break
+                value = data[at + _RTATTR.size:at + size]
+                if kind_ == UNIX_DIAG_NAME and value[:1] != b"\0":  # not abstract
+                    name = value.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+                elif kind_ == UNIX_DIAG_VFS and len(value) >= 4:
+                    vfs_inode = struct.unpack_from("=I", value)[0]
+                at += (size + 3) & ~3
+            if name.startswith("/") and vfs_inode:
+                found.append((inode, name, vfs_inode))
+
+
+_last_unix: tuple[int, frozenset[int], tuple[str, ...]] = (0, frozenset(), ())
+
+
+def session_unix_sockets() -> tuple[str, ...]:
+    """The paths of the Unix sockets this process and its descendants listen on, now
+    (still at that path: its inode is the socket's). () where sock_diag cannot tell."""
+    global _last_unix
+    pid = os.getpid()
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
+                           NETLINK_SOCK_DIAG) as sock:
+            every = _unix_dump(sock)
+    except OSError:
+        return ()  # no unix_diag here: the box sees such sockets, and cannot connect
+    key = frozenset(entry[0] for entry in every)
+    if _last_unix[0] == pid and _last_unix[1] == key:
+        return _last_unix[2]
+    owned = owned_sockets(descendants(pid), key) if every else set()
+    paths = []
+    for inode, path, vfs_inode in every:
+        if inode in owned:
+            try:
+                if os.stat(path).st_ino == vfs_inode:
+                    paths.append(path)
+            except OSError:
+                continue
+    answer = tuple(sorted(paths))
+    _last_unix = (pid, key, answer)
+    return answer
