@@ -131,14 +131,15 @@ _listing_failed = False
 
 
 def _unix_sockets(box: BoxSpec) -> tuple[str, ...]:
-    """The Unix sockets the session listens on under the box's private paths: each is
-    bound into the box at its path (through the overlay, connect() is refused)."""
+    """The Unix sockets the session listens on under the box's private paths (with
+    net='host', those of any process): each is bound into the box at its path (through
+    the overlay, connect() is refused)."""
     tmpfs = box.options.tmpfs
     if not tmpfs:
         return ()
     from ..resources.net.listeners import session_unix_sockets
 
-    found = session_unix_sockets()
+    found = session_unix_sockets(anyone=box.options.net == "host")
     if not found:
         return ()
     shown = box.keep_paths + box.writable_paths + spawn.process_paths()  # bound back whole

@@ -343,12 +343,13 @@ def _unix_dump(sock: socket.socket) -> list[tuple[int, str, int]]:
                 found.append((inode, name, vfs_inode))
 
 
-_last_unix: tuple[int, frozenset[int], tuple[str, ...]] = (0, frozenset(), ())
+_last_unix: tuple[int, frozenset[int], bool, tuple[str, ...]] = (0, frozenset(), False, ())
 
 
-def session_unix_sockets() -> tuple[str, ...]:
-    """The paths of the Unix sockets this process and its descendants listen on, now
-    (still at that path: its inode is the socket's). () where sock_diag cannot tell."""
+def session_unix_sockets(anyone: bool = False) -> tuple[str, ...]:
+    """The paths of the Unix sockets this process and its descendants (or, with
+    `anyone`, any process) listen on, now (still at that path: its inode is the
+    socket's). () where sock_diag cannot tell."""
     global _last_unix
     pid = os.getpid()
     try:
@@ -358,9 +359,12 @@ def session_unix_sockets() -> tuple[str, ...]:
     except OSError:
         return ()  # no unix_diag here: the box sees such sockets, and cannot connect
     key = frozenset(entry[0] for entry in every)
-    if _last_unix[0] == pid and _last_unix[1] == key:
-        return _last_unix[2]
-    owned = owned_sockets(descendants(pid), key) if every else set()
+    if _last_unix[:3] == (pid, key, anyone):
+        return _last_unix[3]
+    if anyone:
+        owned = set(key)
+    else:
+        owned = owned_sockets(descendants(pid), key) if every else set()
     paths = []
     for inode, path, vfs_inode in every:
         if inode in owned:
@@ -370,5 +374,5 @@ def session_unix_sockets() -> tuple[str, ...]:
             except OSError:
                 continue
     answer = tuple(sorted(paths))
-    _last_unix = (pid, key, answer)
+    _last_unix = (pid, key, anyone, answer)
     return answer
