@@ -361,10 +361,7 @@ def session_unix_sockets(anyone: bool = False) -> tuple[str, ...]:
     key = frozenset(entry[0] for entry in every)
     if _last_unix[:3] == (pid, key, anyone):
         return _last_unix[3]
-    if anyone:
-        owned = set(key)
-    else:
-        owned = owned_sockets(descendants(pid), key) if every else set()
+    owned = set(key) if anyone or not every else owned_sockets(descendants(pid), key)
     paths = []
     for inode, path, vfs_inode in every:
         if inode in owned:
