@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from .channel import DEFAULT_FRAME_LIMIT
@@ -73,15 +74,17 @@ class Box:
 
     def execute(self, target: Callable[[Send], None],
                 on_frozen: Callable[[list[int]], None] | None = None, *,
-                next_box: Box | None = None, defer: bool = False) -> Outcome:
+                next_box: Box | None = None, defer: bool = False,
+                watch: AbstractContextManager[Any] | None = None) -> Outcome:
         """Run ``target(send)`` in a box; `send` ships one object to the parent as a frame.
 
         `on_frozen(pids)` is called when the box timed out, after its stack dump, while
         every process in it is frozen (host pids); the box is killed when it returns.
         `next_box` is made ahead, while this one runs, for the next call to use. With
-        `defer`, the box's processes are killed when its test ends but its cgroup is
-        removed later (by the next box, or `pytest_nsbox.box.spawn.close()`).
+        `defer`, the box's processes are gone when it returns but its cgroup and files are
+        removed later (by the next box, or `pytest_nsbox.box.spawn.close()`). `watch`, a
+        context manager, is entered here while the box runs (after its fork).
         """
         from . import supervise
 
-        return supervise.run_box(self, target, on_frozen, next_box, defer)
+        return supervise.run_box(self, target, on_frozen, next_box, defer, watch)

@@ -8,6 +8,7 @@ import select
 import signal
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from . import spawn, stuck
@@ -48,9 +49,11 @@ class BoxSpec(Protocol):
 
 def run_box(box: BoxSpec, target: Callable[[Callable[[Any], None]], None],
             on_frozen: Callable[[list[int]], None] | None = None,
-            next_box: BoxSpec | None = None, defer: bool = False) -> Outcome:
+            next_box: BoxSpec | None = None, defer: bool = False,
+            watch: AbstractContextManager[Any] | None = None) -> Outcome:
     """Run `target` in a box; `next_box` is made ahead for the next test, and with
-    `defer` the box's clean-up waits for the next box (the plugin's way)."""
+    `defer` the box's clean-up waits for the next box (the plugin's way). `watch` is
+    entered in this process from the box's fork to its end (not in the box)."""
     options = box.options
     if options.user == "host" and os.geteuid() != 0:
         raise BoxUnavailable("user='host' (no user namespace) needs pytest to run as root; "
@@ -88,9 +91,10 @@ def run_box(box: BoxSpec, target: Callable[[Callable[[Any], None]], None],
             spawn.prefetch(next_box, _auto_forwards(next_box.options), _unix_sockets(next_box))
         spawn.tidy()  # the cgroups of the last boxes, while this one runs
         try:
-            outcome = _supervise(top, clone_vm, made.result_r, made.diag_r, options.timeout,
-                                 box.frame_limit, cgroup, on_frozen, relay, made.init_pidfd,
-                                 reply.pid)
+            with watch or contextlib.nullcontext():
+                outcome = _supervise(top, clone_vm, made.result_r, made.diag_r,
+                                     options.timeout, box.frame_limit, cgroup, on_frozen,
+                                     relay, made.init_pidfd, reply.pid)
         finally:
             os.close(made.result_r)
             os.close(made.diag_r)

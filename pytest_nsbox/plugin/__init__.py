@@ -289,8 +289,10 @@ def _prepared(item: pytest.Item) -> SessionState:
     if factory is not None:
         state.writable_paths = (os.path.realpath(factory.getbasetemp()),)
     from ..box import spawn
+    from .session_output import SessionOutput
 
     spawn.configure_storage(state.storage_root, keep_old=state.keep_failed)
+    state.session_output = SessionOutput(config)  # made here: pytest's capture is off
     state.prepared = True
     return state
 

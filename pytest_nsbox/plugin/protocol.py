@@ -55,7 +55,8 @@ def boxed_runtestprotocol(item: pytest.Item, nextitem: pytest.Item | None,
             outcome = box.execute(
                 lambda send: _in_box(item, nextitem, send),
                 on_frozen=lambda pids: item.ihook.pytest_nsbox_frozen(item=item, pids=pids),
-                next_box=_next_box(nextitem, paths), defer=True)
+                next_box=_next_box(nextitem, paths), defer=True,
+                watch=paths.session_output.watching() if paths.session_output else None)
             if isinstance(refused := outcome.error(options), BoxUnavailable):
                 outcome = None
                 raise refused
@@ -71,6 +72,11 @@ def boxed_runtestprotocol(item: pytest.Item, nextitem: pytest.Item | None,
         item.ihook.pytest_nsbox_outcome(item=item, outcome=outcome)
         item._report_sections.clear()  # the box's reports hold them now
         reports, exit_request = _reports_from(item, options, outcome)
+        if paths.session_output is not None:
+            failed = [report for report in reports.values() if report.failed]
+            target = failed[0] if failed else reports.get("call") or reports.get("setup")
+            if target is not None:
+                paths.session_output.attach(target)
         if paths.keep_failed and options.tmpfs:
             _keep_if_failed(item, options, outcome, reports)
         usage = _usage_properties(outcome)

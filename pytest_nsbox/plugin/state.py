@@ -31,6 +31,8 @@ class SessionState:
     keep_failed: bool = False
     #: --nsbox-storage / nsbox_storage: where boxes keep their private paths (None: default)
     storage_root: str | None = None
+    #: the pytest process's output and logs while a box runs (plugin.session_output)
+    session_output: Any = None
 
 
 state_key = pytest.StashKey[SessionState]()
