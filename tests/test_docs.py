@@ -260,6 +260,19 @@ def produce_cgroup_fix(tmp_path: Path) -> str:
     return f"[nsbox] {message}"
 
 
+def produce_keep_failed(tmp_path: Path) -> str:
+    """A failed box's kept /tmp, in the default storage (removed again here)."""
+    from pytest_nsbox.resources.storage import remove_tree
+
+    (tmp_path / "test_x.py").write_text(
+        "import pytest\n@pytest.mark.nsbox\ndef test_y():\n"
+        "    open('/tmp/evidence', 'w').close()\n    assert False\n")
+    output = run_pytest(tmp_path, "--nsbox-keep-failed")
+    for kept in re.findall(r"/tmp is kept at (\S+)", output):
+        remove_tree(os.path.dirname(kept))
+    return output
+
+
 QUOTES: dict[str, Callable[[Path], str] | None] = {
     "timeout-stack": None,  # None: from the example suite's output
     "memory-failure": None,
@@ -269,6 +282,7 @@ QUOTES: dict[str, Callable[[Path], str] | None] = {
     "header-line": produce_header,
     "userns": produce_userns,
     "cgroup-fix": produce_cgroup_fix,
+    "keep-failed": produce_keep_failed,
 }
 
 
