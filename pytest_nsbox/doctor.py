@@ -748,6 +748,52 @@ def _machine() -> dict[str, Any]:
             "container": _container() if LINUX else None}
 
 
+def _storage_check(root: str | None = None) -> Check:
+    """Where boxes keep their private paths (/tmp) on disk, and whether they can."""
+    from .resources.storage import KEPT, default_root
+
+    root = root or default_root()
+    how = "statvfs and /proc/self/mountinfo of the storage directory"
+    existing = root
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return Check("box storage", DEGRADED, f"{root} cannot be made or written: boxes keep "
+                     "their /tmp in RAM (counted in their memory limit)",
+                     "pytest --nsbox-storage DIR (or ini nsbox_storage) with a directory you "
+                     "may write on a disk", how)
+    kind = _fs_type(existing)
+    info = os.statvfs(existing)
+    free = info.f_bavail * info.f_frsize
+    kept = os.path.join(root, KEPT)
+    extra = (f"; {len(os.listdir(kept))} sessions' kept failed boxes in {kept} "
+             "(`pytest-nsbox clean` removes them)") if os.path.isdir(kept) else ""
+    if kind in ("overlay", "tmpfs", "ramfs"):
+        what = "RAM" if kind != "overlay" else "an overlay, which cannot hold a box's layer"
+        return Check("box storage", DEGRADED, f"{root} is on {kind} ({what}): boxes keep "
+                     f"their /tmp in RAM{extra}", "pytest --nsbox-storage DIR (or ini "
+                     "nsbox_storage) with a directory on a disk", how)
+    return Check("box storage", PASS, f"a box's /tmp lives on disk in {root} ({kind}, "
+                 f"{free / (1 << 30):.1f} GiB free), removed after the box{extra}", method=how)
+
+
+def _fs_type(path: str) -> str:
+    """The file system type of the mount that holds `path`."""
+    best, kind = "", "unknown"
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo") as mounts:
+            for line in mounts:
+                fields = line.split()
+                point = fields[4]
+                if (real == point or real.startswith(point.rstrip("/") + "/")) and \
+                        len(point) >= len(best):
+                    best, kind = point, fields[fields.index("-") + 1]
+    except (OSError, ValueError, IndexError):
+        pass
+    return kind
+
+
 def run_doctor(timeout: float = PROBE_TIMEOUT) -> Report:
     """Probe everything and return the report (and refresh the header's cache)."""
     if not LINUX:
@@ -756,6 +802,7 @@ def run_doctor(timeout: float = PROBE_TIMEOUT) -> Report:
                              "Linux CI runner)", "platform.system()")], _machine())
     checks, box = _kernel_checks(timeout)
     checks += _cgroup_checks(timeout)
+    checks.append(_storage_check())
     report = Report(checks, _machine())
     _save_cache({"box": box, "checks": [asdict(c) for c in checks]})
     return report

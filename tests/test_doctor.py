@@ -378,3 +378,17 @@ def test_vm_verdict() -> None:
         assert "cgroup-setup --user" in delegation.fix
         assert report.exit_status == 1
         assert "not writable (no limits); netem" in doctor.header_line()
+
+
+def test_the_doctor_says_where_a_boxs_files_live(tmp_path) -> None:
+    from pytest_nsbox import doctor
+    from pytest_nsbox.resources.storage import default_root
+
+    here = doctor._storage_check()
+    assert here.name == "box storage" and default_root() in here.detail
+    assert here.status == (doctor.PASS if doctor._fs_type("/var/tmp") not in
+                           ("overlay", "tmpfs") else doctor.DEGRADED)
+    in_ram = doctor._storage_check("/dev/shm/nsbox-doctor-probe")
+    assert in_ram.status == doctor.DEGRADED and "tmpfs" in in_ram.detail
+    assert "--nsbox-storage" in in_ram.fix
+    assert any(c.name == "box storage" for c in doctor.run_doctor().checks)
