@@ -768,13 +768,19 @@ def _storage_check(root: str | None = None) -> Check:
     kept = os.path.join(root, KEPT)
     extra = (f"; {len(os.listdir(kept))} sessions' kept failed boxes in {kept} "
              "(`pytest-nsbox clean` removes them)") if os.path.isdir(kept) else ""
-    if kind in ("overlay", "tmpfs", "ramfs"):
+    if kind in _NOT_A_DISK:
         what = "RAM" if kind != "overlay" else "an overlay, which cannot hold a box's layer"
-        return Check("box storage", DEGRADED, f"{root} is on {kind} ({what}): boxes keep "
-                     f"their /tmp in RAM{extra}", "pytest --nsbox-storage DIR (or ini "
+        detail = f"{root} is on {kind} ({what}): boxes keep their /tmp in RAM{extra}"
+        if _fs_type("/tmp") in _NOT_A_DISK:  # as this machine keeps its own /tmp
+            return Check("box storage", PASS, f"{detail}, as this machine's /tmp is",
+                         method=how)
+        return Check("box storage", DEGRADED, detail, "pytest --nsbox-storage DIR (or ini "
                      "nsbox_storage) with a directory on a disk", how)
     return Check("box storage", PASS, f"a box's /tmp lives on disk in {root} ({kind}, "
                  f"{free / (1 << 30):.1f} GiB free), removed after the box{extra}", method=how)
+
+
+_NOT_A_DISK = ("overlay", "tmpfs", "ramfs")
 
 
 def _fs_type(path: str) -> str:
