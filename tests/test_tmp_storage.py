@@ -18,7 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hostcheck import cgroups_writable
 
+from conftest import needs
 from pytest_nsbox import Box
 from pytest_nsbox.resources.storage import KEPT, default_root, remove_stale
 
@@ -117,6 +119,7 @@ def test_a_size_needs_ram(run_inner, pytester: pytest.Pytester) -> None:
 def test_a_400_mb_temporary_file_under_a_256m_limit_passes(run_inner,
                                                            pytester: pytest.Pytester,
                                                            root: Path) -> None:
+    needs(cgroups_writable(), "lacks: a writable cgroup (a memory limit)")
     pytester.makepyfile("""
         import os, tempfile
         import pytest
