@@ -764,3 +764,23 @@ def test_header_says_when_boxing_is_unavailable(pytester: pytest.Pytester,
     result.stdout.fnmatch_lines([
         "nsbox: boxing is unavailable here: user namespaces are off (test); boxed tests "
         "will skip (ini nsbox_unavailable)"])
+
+
+def test_a_marker_another_plugin_adds_at_collection_boxes_the_test(run_inner,
+                                                                    pytester) -> None:
+    """The markers are read after other plugins' own collection_modifyitems (trylast): a
+    plugin loaded before this one (``-p``) is called after it otherwise."""
+    pytester.makepyfile(marking="""
+        import pytest
+
+        def pytest_collection_modifyitems(items):
+            for item in items:
+                item.add_marker(pytest.mark.nsbox)
+    """)
+    pytester.makepyfile(test_marked="""
+        from pytest_nsbox import current_box
+
+        def test_boxed():
+            assert current_box() is not None
+    """)
+    run_inner("-q", "-p", "marking", "test_marked.py").assert_outcomes(passed=1)

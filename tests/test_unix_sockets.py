@@ -122,3 +122,67 @@ def test_another_processs_socket_is_reachable_only_with_the_hosts_network(
         """)
         result = run_inner("-q")
     result.assert_outcomes(passed=2)
+
+
+def test_a_server_started_again_at_the_same_path_is_the_one_the_box_reaches(
+        run_inner, pytester: pytest.Pytester) -> None:
+    """The box made ahead for the next test while the last server listened is not used
+    once another server listens at the same path (a class fixture per class)."""
+    import uuid
+
+    path = f"/tmp/nsbox-{uuid.uuid4().hex[:8]}/app.sock"
+    pytester.makepyfile(test_again=f"""
+        import os, socket, threading
+        import pytest
+
+        PATH = {path!r}
+        pytestmark = pytest.mark.nsbox
+
+        def serve(name):
+            os.makedirs(os.path.dirname(PATH), exist_ok=True)
+            listener = socket.socket(socket.AF_UNIX)
+            listener.bind(PATH)
+            listener.listen()
+            def loop():
+                while True:
+                    try:
+                        connection, _ = listener.accept()
+                    except OSError:
+                        return
+                    connection.sendall(name.encode())
+                    connection.close()
+            threading.Thread(target=loop, daemon=True).start()
+            return listener
+
+        def ask():
+            with socket.socket(socket.AF_UNIX) as client:
+                client.connect(PATH)
+                return client.recv(10).decode()
+
+        class TestX:
+            @pytest.fixture(scope="class", autouse=True)
+            def server(self):
+                listener = serve("X")
+                yield
+                listener.close()
+                os.unlink(PATH)
+
+            def test_x1(self):
+                assert ask() == "X"
+
+            def test_x2(self):
+                assert ask() == "X"
+
+        class TestY:
+            @pytest.fixture(scope="class", autouse=True)
+            def server(self):
+                listener = serve("Y")
+                yield
+                listener.close()
+                os.unlink(PATH)
+
+            def test_y1(self):
+                assert ask() == "Y"
+    """)
+    result = run_inner("-q")
+    result.assert_outcomes(passed=3)

@@ -174,7 +174,7 @@ def _nested_message(outer: Any, exc: Exception) -> str:
 
 
 def construction(box: Any, auto: tuple[Any, ...],
-                 sockets: tuple[str, ...] = ()) -> tuple[Any, ...]:
+                 sockets: tuple[tuple[str, int], ...] = ()) -> tuple[Any, ...]:
     """What a box is made of: two tests with the same construction can use one made ahead.
 
     The timeout and the budgets are pytest's business, not the box's (v1 gives a box
@@ -187,7 +187,7 @@ def construction(box: Any, auto: tuple[Any, ...],
             os.geteuid(), os.getegid(), sockets)
 
 
-def ask(box: Any, auto: tuple[Any, ...], sockets: tuple[str, ...] = (),
+def ask(box: Any, auto: tuple[Any, ...], sockets: tuple[tuple[str, int], ...] = (),
         key: tuple[Any, ...] | None = None) -> Made:
     """Ask the maker for a box (its cgroup and pipes made here, now)."""
     key = key or construction(box, auto, sockets)
@@ -199,7 +199,7 @@ def ask(box: Any, auto: tuple[Any, ...], sockets: tuple[str, ...] = (),
     request = Request(options=key[0], keep_paths=key[1], writable_paths=key[2],
                       uid=key[4], gid=key[5], views=getattr(cgroup, "views", ()),
                       auto_forward=auto, relay=bool(options.forward or auto),
-                      storage=box_storage, unix_sockets=sockets)
+                      storage=box_storage, unix_sockets=tuple(path for path, _ in sockets))
     made = Made(key, cgroup, result_r, result_w, diag_r, diag_w, auto, box_storage)
     try:
         maker().send(request, [result_w, *getattr(cgroup, "join_fds", ())])
@@ -209,7 +209,8 @@ def ask(box: Any, auto: tuple[Any, ...], sockets: tuple[str, ...] = (),
     return made
 
 
-def take(box: Any, auto: tuple[Any, ...], sockets: tuple[str, ...] = ()) -> Made:
+def take(box: Any, auto: tuple[Any, ...], sockets: tuple[tuple[str, int], ...] = ()
+         ) -> Made:
     """The box for this test: the one made ahead when it fits, else one made now."""
     global _ahead
     key = construction(box, auto, sockets)
@@ -243,8 +244,8 @@ def _receive(made: Made) -> None:
         raise BoxUnavailable(message or explain_setup_failure(step, err))
 
 
-def prefetch(box: Any | None, auto: tuple[Any, ...] = (), sockets: tuple[str, ...] = ()
-             ) -> None:
+def prefetch(box: Any | None, auto: tuple[Any, ...] = (),
+             sockets: tuple[tuple[str, int], ...] = ()) -> None:
     """Ask for `box` now, to be taken by the next test (a no-op when one is asked for)."""
     global _ahead
     if box is None or _ahead is not None or _maker is None or _maker.owner != os.getpid():

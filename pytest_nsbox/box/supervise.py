@@ -134,9 +134,9 @@ def _auto_forwards(options: BoxOptions) -> tuple[Any, ...]:
 _listing_failed = False
 
 
-def _unix_sockets(box: BoxSpec) -> tuple[str, ...]:
-    """The Unix sockets the session listens on under the box's private paths (with
-    net='host', those of any process): each is bound into the box at its path (through
+def _unix_sockets(box: BoxSpec) -> tuple[tuple[str, int], ...]:
+    """(path, inode) of the Unix sockets the session listens on under the box's private
+    paths (with net='host', those of any process): each is bound into the box at its path (through
     the overlay, connect() is refused)."""
     tmpfs = box.options.tmpfs
     if not tmpfs:
@@ -147,7 +147,7 @@ def _unix_sockets(box: BoxSpec) -> tuple[str, ...]:
     if not found:
         return ()
     shown = box.keep_paths + box.writable_paths + spawn.process_paths()  # bound back whole
-    return tuple(path for path in found
+    return tuple((path, inode) for path, inode in found
                  if any(_under(path, top) for top in tmpfs)
                  and not any(_under(path, top) for top in shown))
 

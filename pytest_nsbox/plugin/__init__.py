@@ -254,6 +254,7 @@ _parsed: dict[str, BoxOptions] = {}
 _parsed_defaults: list[BoxOptions | None] = [None]
 
 
+@pytest.hookimpl(trylast=True)  # after other plugins' own: the markers they add count
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
                                   items: list[pytest.Item]) -> None:
     state = config.stash[state_key]

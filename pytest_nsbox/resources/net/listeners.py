@@ -343,13 +343,15 @@ def _unix_dump(sock: socket.socket) -> list[tuple[int, str, int]]:
                 found.append((inode, name, vfs_inode))
 
 
-_last_unix: tuple[int, frozenset[int], bool, tuple[str, ...]] = (0, frozenset(), False, ())
+_last_unix: tuple[int, frozenset[int], bool, tuple[tuple[str, int], ...]] = (
+    0, frozenset(), False, ())
 
 
-def session_unix_sockets(anyone: bool = False) -> tuple[str, ...]:
-    """The paths of the Unix sockets this process and its descendants (or, with
-    `anyone`, any process) listen on, now (still at that path: its inode is the
-    socket's). () where sock_diag cannot tell."""
+def session_unix_sockets(anyone: bool = False) -> tuple[tuple[str, int], ...]:
+    """(path, the socket file's inode) of the Unix sockets this process and its
+    descendants (or, with `anyone`, any process) listen on, now (still at that path).
+    () where sock_diag cannot tell. The inode tells a server started again at the same
+    path from the one a box was made ahead for."""
     global _last_unix
     pid = os.getpid()
     try:
@@ -362,12 +364,12 @@ def session_unix_sockets(anyone: bool = False) -> tuple[str, ...]:
     if _last_unix[:3] == (pid, key, anyone):
         return _last_unix[3]
     owned = set(key) if anyone or not every else owned_sockets(descendants(pid), key)
-    paths = []
+    paths: list[tuple[str, int]] = []
     for inode, path, vfs_inode in every:
         if inode in owned:
             try:
                 if os.stat(path).st_ino == vfs_inode:
-                    paths.append(path)
+                    paths.append((path, vfs_inode))
             except OSError:
                 continue
     answer = tuple(sorted(paths))
