@@ -676,6 +676,8 @@ def _cgroup_checks(timeout: float) -> list[Check]:
         checks.append(Check("cgroup writable", DEGRADED,
                             f"not writable ({why}): boxes run without limits or memory peak",
                             fix, wprobe))
+    checks.append(_cpu_weight_check(facts, v2, "cpu" in have, bool(result["ok"] and dirs),
+                                     fix, how))
     if v2:
         if facts.get("delegated"):
             checks.append(Check("cgroup delegation", PASS, f"{where} is delegated to uid "
@@ -712,6 +714,22 @@ def _cgroup_checks(timeout: float) -> list[Check]:
                             "past its memory limit", "boot with `swapaccount=1` (cgroup v1) or "
                             "a kernel with CONFIG_MEMCG_SWAP", how + ", /proc/swaps"))
     return checks
+
+
+def _cpu_weight_check(facts: dict[str, Any], v2: bool, have_cpu: bool, writable: bool,
+                      fix: str, how: str) -> Check:
+    """Whether a box may have a cpu_weight: the cpu controller, in cgroups pytest may write."""
+    name, file = "cpu weight", "cpu.weight" if v2 else "cpu.shares"
+    if not have_cpu:
+        return Check(name, DEGRADED, "no cpu controller: a box with cpu_weight fails with "
+                     "BoxUnavailable", "the cgroup controllers fix above", how)
+    cpu_writable = (facts.get("delegated") if v2
+                    else facts.get("v1", {}).get("cpu", {}).get("writable"))
+    if not (writable and cpu_writable):
+        return Check(name, DEGRADED, "the cpu controller is not writable here: a box with "
+                     "cpu_weight fails with BoxUnavailable", fix, how)
+    return Check(name, PASS, f"cpu_weight is written as {file} of each box that asks it",
+                 method=how)
 
 
 def _device_check(facts: dict[str, Any], v2: bool) -> Check:

@@ -65,7 +65,8 @@ def parse_size(value: object, name: str = "memory") -> int:
     return int(number)
 
 
-def _number(name: str, accepted: str, minimum: float, integer: bool) -> Callable[[object], Any]:
+def _number(name: str, accepted: str, minimum: float, integer: bool,
+            maximum: float | None = None) -> Callable[[object], Any]:
     def parse(value: object) -> int | float:
         if isinstance(value, bool):
             raise OptionError(name, value, accepted)
@@ -78,6 +79,8 @@ def _number(name: str, accepted: str, minimum: float, integer: bool) -> Callable
         if integer and number != int(number):
             raise OptionError(name, value, accepted)
         if number < minimum or (minimum == 0 and number == 0):
+            raise OptionError(name, value, accepted)
+        if maximum is not None and number > maximum:
             raise OptionError(name, value, accepted)
         return int(number) if integer else float(number)
 
@@ -312,6 +315,11 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "SIZE"),
     OptionSpec("cpu", _number("cpu", "a positive number of cores such as 0.5 or 2", 0, False),
                None, "CPU bandwidth in cores, e.g. 0.5", "CORES"),
+    OptionSpec("cpu_weight", _number("cpu_weight", "a whole number from 1 to 10000 (100 is the "
+                                     "kernel's default)", 1, True, 10000), None,
+               "the box's share of contended CPU against the boxes running beside it in the "
+               "same pytest process (cpu.weight; v1: cpu.shares = weight x 10.24), 1-10000 "
+               "(default: the kernel's, 100); a weight, not a cap", "WEIGHT"),
     OptionSpec("cpuset", _cpuset, None, "CPUs the box may run on, e.g. '0' or '0-1'", "CPUS"),
     OptionSpec("pids", _number("pids", "a whole number of tasks, 1 or more", 1, True), None,
                "most tasks (processes and threads) alive at once in the box", "N"),
@@ -383,6 +391,7 @@ class BoxOptions:
 
     memory: int | None = None
     cpu: float | None = None
+    cpu_weight: int | None = None
     cpuset: str | None = None
     pids: int | None = None
     timeout: float | None = None

@@ -11,7 +11,8 @@ from .files import _read, _write
 if TYPE_CHECKING:
     from ...box.options import BoxOptions
 
-_LIMIT_CONTROLLER = {"memory": "memory", "cpu": "cpu", "cpuset": "cpuset", "pids": "pids"}
+_LIMIT_CONTROLLER = {"memory": "memory", "cpu": "cpu", "cpu_weight": "cpu", "cpuset": "cpuset",
+                     "pids": "pids"}
 _CPU_PERIOD = 100_000
 
 
@@ -25,12 +26,14 @@ class CgroupUnavailable(Exception):
 
 def _asked(options: BoxOptions, v2: bool) -> dict[str, str]:
     """{controller: what was asked} for the limits in `options`."""
-    asked = {}
+    asked: dict[str, str] = {}
     for option, controller in _LIMIT_CONTROLLER.items():
         value = getattr(options, option)
         if value is not None:
             shown = format_size(value) if option == "memory" else repr(value)
-            asked[controller] = f"{option}={shown}"
+            # cpu and cpu_weight share the cpu controller: both are named when both asked
+            asked[controller] = ", ".join(filter(None, (asked.get(controller),
+                                                        f"{option}={shown}")))
     if options.io is not None:
         shown = ", ".join(f"{k}={v!r}" for k, v in options.io.items() if v is not None)
         asked["io" if v2 else "blkio"] = f"io={{{shown}}}"
@@ -40,6 +43,11 @@ def _asked(options: BoxOptions, v2: bool) -> dict[str, str]:
 def _quota(cpu: float) -> int:
     """cpu (cores) as microseconds of CPU time per `_CPU_PERIOD`."""
     return max(1000, round(cpu * _CPU_PERIOD))
+
+
+def _shares(weight: int) -> int:
+    """A v2 cpu.weight (1-10000, default 100) as v1 cpu.shares (default 1024, at least 2)."""
+    return max(2, round(weight * 1024 / 100))
 
 
 def _write_cpuset(path: str, parent: str, cpuset: str) -> None:
@@ -68,9 +76,11 @@ def _best_effort(options: BoxOptions, problems: dict[str, str]
     if "pids" in problems and options.pids is not None:
         rlimits.append((resource.RLIMIT_NPROC, options.pids))
         notes.append("pids as RLIMIT_NPROC (per user)")
-    for c in ("cpu", "cpuset"):
-        if c in problems:
-            notes.append(f"{c} not enforced")
+    if "cpu" in problems:
+        notes.extend(f"{name} not enforced" for name in ("cpu", "cpu_weight")
+                     if getattr(options, name) is not None)
+    if "cpuset" in problems:
+        notes.append("cpuset not enforced")
     if "io" in problems or "blkio" in problems:
         notes.append("io not enforced")
     return tuple(rlimits), "best-effort limits: " + "; ".join(notes)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from ...box.outcome import Usage
 from .blockio import _io_bytes_v1
 from .files import _keyed, _read, _read_int, _write
-from .limits import _CPU_PERIOD, _quota, _write_cpuset
+from .limits import _CPU_PERIOD, _quota, _shares, _write_cpuset
 from .session import _has, _Session
 
 if TYPE_CHECKING:
@@ -48,6 +48,8 @@ def write_limits(session: _Session, path: str, parent: str, want: set[str],
     if "cpu" in want and options.cpu is not None:
         _write(f"{path}/cpu.cfs_period_us", str(_CPU_PERIOD).encode())
         _write(f"{path}/cpu.cfs_quota_us", str(_quota(options.cpu)).encode())
+    if "cpu" in want and options.cpu_weight is not None:
+        _write(f"{path}/cpu.shares", str(_shares(options.cpu_weight)).encode())
     if "cpuset" in want and options.cpuset is not None:
         _write_cpuset(path, parent, options.cpuset)
         _write(f"{path}/cpuset.mems", _read(f"{parent}/cpuset.mems").strip() or b"\n")

@@ -38,6 +38,8 @@ def write_limits(session: _Session, path: str, parent: str, want: set[str],
             _write(f"{path}/memory.swap.max", b"0")
     if "cpu" in want and options.cpu is not None:
         _write(f"{path}/cpu.max", f"{_quota(options.cpu)} {_CPU_PERIOD}".encode())
+    if "cpu" in want and options.cpu_weight is not None:
+        _write(f"{path}/cpu.weight", str(options.cpu_weight).encode())
     if "cpuset" in want and options.cpuset is not None:
         _write_cpuset(path, parent, options.cpuset)
     if "pids" in want and options.pids is not None:
