@@ -110,10 +110,13 @@ def test_sigkill_to_pytest_kills_the_box_and_the_next_run_cleans_up(pytester, ho
 
 @pytest.mark.nsbox(enabled=False)  # examines the host itself: unboxed under --nsbox
 def test_full_tmpfs_and_emfile_are_clean_failures(pytester: pytest.Pytester, host: Host) -> None:
-    """ENOSPC filling a small tmpfs over the box's /tmp, a /tmp filled under a memory limit
-    (ENOSPC/ENOMEM or the memory limit, said so), and EMFILE under a low RLIMIT_NOFILE (the
-    report still gets out through the open pipe): each a clean report; the next test runs."""
-    memory = "@pytest.mark.nsbox(memory='64M')" if CGROUPS else ""
+    """ENOSPC filling a small tmpfs over the box's /tmp, a RAM /tmp filled under a memory
+    limit (ENOSPC/ENOMEM or the memory limit, said so; without cgroups, a RAM /tmp of 8 MiB),
+    and EMFILE under a low RLIMIT_NOFILE (the report still gets out through the open pipe):
+    each a clean report; the next test runs. (A /tmp on disk, the default, would fill the
+    disk: a box's /tmp is the machine's.)"""
+    memory = ("@pytest.mark.nsbox(memory='64M', tmpfs_storage='ram')" if CGROUPS else
+              "@pytest.mark.nsbox(tmpfs_storage='ram', tmpfs_size='8M')")
     _, results = run_inner_session(pytester, host, f"""
         import ctypes, errno, os, resource, pytest
 
