@@ -112,7 +112,7 @@ def _box_storage(options: BoxOptions) -> str | None:
     if not options.tmpfs or options.tmpfs_storage != "disk":
         return None
     store = storage()
-    if any(_under(store.root, path) for path in options.tmpfs):
+    if any(ns.is_under(store.root, path) for path in options.tmpfs):
         return None  # the storage is itself private to the box: it cannot hold its layers
     return store.box_dir()
 
@@ -121,9 +121,6 @@ def keep_files(made_storage: str, name: str, paths: tuple[str, ...]) -> dict[str
     """Keep what a finished box wrote to its private `paths` (--nsbox-keep-failed)."""
     return storage().keep(made_storage, name, tuple(sorted(paths)))
 
-
-def _under(path: str, top: str) -> bool:
-    return path == top or path.startswith(top.rstrip("/") + "/")
 
 
 def process_paths() -> tuple[str, ...]:

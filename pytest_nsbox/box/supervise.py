@@ -11,6 +11,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
+from . import namespaces as ns
 from . import spawn, stuck
 from .channel import ChannelError, FrameDecoder, check_shape
 from .errors import BoxUnavailable
@@ -148,12 +149,9 @@ def _unix_sockets(box: BoxSpec) -> tuple[tuple[str, int], ...]:
         return ()
     shown = box.keep_paths + box.writable_paths + spawn.process_paths()  # bound back whole
     return tuple((path, inode) for path, inode in found
-                 if any(_under(path, top) for top in tmpfs)
-                 and not any(_under(path, top) for top in shown))
+                 if any(ns.is_under(path, top) for top in tmpfs)
+                 and not any(ns.is_under(path, top) for top in shown))
 
-
-def _under(path: str, top: str) -> bool:
-    return path == top or path.startswith(top.rstrip("/") + "/")
 
 
 def _warn_forward(problems: list[str]) -> None:

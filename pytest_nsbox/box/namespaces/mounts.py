@@ -43,6 +43,11 @@ def _mount_call(source: str | None, target: str, fstype: str | None, flags: int,
     check(result, f"{step} ({target})")
 
 
+def is_under(path: str, top: str) -> bool:
+    """Whether `path` is `top` or below it (both absolute and normalized)."""
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
 def make_mounts_private() -> None:
     """Stop mount events propagating to the host: every box mount stays in the box."""
     _mount_call(None, "/", None, MS_REC | MS_PRIVATE, None, "make / private")
