@@ -20,7 +20,7 @@ import os
 import socket
 import struct
 import sys
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from typing import NamedTuple
 
 __all__ = ["AutoForward", "Listener", "box_forwards", "listening", "session_listeners",
@@ -60,38 +60,45 @@ class AutoForward(NamedTuple):
     required: bool  # False: the second loopback of a wildcard listener (best effort)
 
 
-def _dump(sock: socket.socket, family: int, seq: int) -> list[Listener]:
-    request = _REQ_V2.pack(family, socket.IPPROTO_TCP, 0, 0, 1 << TCP_LISTEN)
-    header = _NLMSGHDR.pack(_NLMSGHDR.size + len(request), SOCK_DIAG_BY_FAMILY,
-                            NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
-    sock.send(header + request)
-    found: list[Listener] = []
-    address_size = 4 if family == socket.AF_INET else 16
+def _replies(sock: socket.socket, request: bytes, seq: int) -> Iterator[tuple[bytes, int, int]]:
+    """Send a sock_diag dump `request`; yield (data, start, end) of each reply's body up to
+    NLMSG_DONE (an error reply raises OSError)."""
+    sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(request), SOCK_DIAG_BY_FAMILY,
+                             NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + request)
     while True:
         data = sock.recv(1 << 16)
+        if not data:
+            raise OSError("sock_diag: the dump ended without NLMSG_DONE")
         offset = 0
         while offset + _NLMSGHDR.size <= len(data):
             length, kind, _, reply_seq, _ = _NLMSGHDR.unpack_from(data, offset)
             if length < _NLMSGHDR.size:
                 raise OSError("sock_diag: a malformed netlink message")
-            body = offset + _NLMSGHDR.size
+            body, end = offset + _NLMSGHDR.size, offset + length
             offset += (length + 3) & ~3
             if reply_seq != seq:
                 continue
             if kind == NLMSG_DONE:
-                return found
+                return
             if kind == NLMSG_ERROR:
                 code = -struct.unpack_from("=i", data, body)[0]
                 if code:
                     raise OSError(code, f"sock_diag: {os.strerror(code)}")
                 continue
-            if kind != SOCK_DIAG_BY_FAMILY or length - _NLMSGHDR.size < _DIAG_MSG.size:
-                continue
+            if kind == SOCK_DIAG_BY_FAMILY:
+                yield data, body, end
+
+
+def _dump(sock: socket.socket, family: int, seq: int) -> list[Listener]:
+    request = _REQ_V2.pack(family, socket.IPPROTO_TCP, 0, 0, 1 << TCP_LISTEN)
+    address_size = 4 if family == socket.AF_INET else 16
+    found: list[Listener] = []
+    for data, body, end in _replies(sock, request, seq):
+        if end - body >= _DIAG_MSG.size:
             fields = _DIAG_MSG.unpack_from(data, body)
             found.append(Listener(fields[0], socket.inet_ntop(fields[0], fields[6][:address_size]),
                                   int.from_bytes(fields[4], "big"), fields[-1]))
-        if not data:
-            raise OSError("sock_diag: the dump ended without NLMSG_DONE")
+    return found
 
 
 _proc_only = False  # sock_diag is missing here (no inet_diag/tcp_diag): read /proc instead
@@ -304,43 +311,25 @@ def _unix_dump(sock: socket.socket) -> list[tuple[int, str, int]]:
     path in this network namespace (abstract and unbound ones left out)."""
     request = _UNIX_REQ.pack(socket.AF_UNIX, 0, 0, 1 << TCP_LISTEN, 0,
                              UDIAG_SHOW_NAME | UDIAG_SHOW_VFS)
-    sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(request), SOCK_DIAG_BY_FAMILY,
-                             NLM_F_REQUEST | NLM_F_DUMP, 3, 0) + request)
     found: list[tuple[int, str, int]] = []
-    while True:
-        data = sock.recv(1 << 16)
-        if not data:
-            raise OSError("sock_diag: the dump ended without NLMSG_DONE")
-        offset = 0
-        while offset + _NLMSGHDR.size <= len(data):
-            length, kind, _, _, _ = _NLMSGHDR.unpack_from(data, offset)
-            if length < _NLMSGHDR.size:
-                raise OSError("sock_diag: a malformed netlink message")
-            body, end = offset + _NLMSGHDR.size, offset + length
-            offset += (length + 3) & ~3
-            if kind == NLMSG_DONE:
-                return found
-            if kind == NLMSG_ERROR:
-                code = -struct.unpack_from("=i", data, body)[0]
-                if code:
-                    raise OSError(code, f"sock_diag: {os.strerror(code)}")
-                continue
-            if kind != SOCK_DIAG_BY_FAMILY or end - body < _UNIX_MSG.size:
-                continue
-            inode = _UNIX_MSG.unpack_from(data, body)[4]
-            name, vfs_inode, at = "", 0, body + _UNIX_MSG.size
-            while at + _RTATTR.size <= end:
-                size, kind_ = _RTATTR.unpack_from(data, at)
-                if size < _RTATTR.size:
-                    break
-                value = data[at + _RTATTR.size:at + size]
-                if kind_ == UNIX_DIAG_NAME and value[:1] != b"\0":  # not abstract
-                    name = value.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-                elif kind_ == UNIX_DIAG_VFS and len(value) >= 4:
-                    vfs_inode = struct.unpack_from("=I", value)[0]
-                at += (size + 3) & ~3
-            if name.startswith("/") and vfs_inode:
-                found.append((inode, name, vfs_inode))
+    for data, body, end in _replies(sock, request, 3):
+        if end - body < _UNIX_MSG.size:
+            continue
+        inode = _UNIX_MSG.unpack_from(data, body)[4]
+        name, vfs_inode, at = "", 0, body + _UNIX_MSG.size
+        while at + _RTATTR.size <= end:
+            size, kind = _RTATTR.unpack_from(data, at)
+            if size < _RTATTR.size:
+                break
+            value = data[at + _RTATTR.size:at + size]
+            if kind == UNIX_DIAG_NAME and value[:1] != b"\0":  # not abstract
+                name = value.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            elif kind == UNIX_DIAG_VFS and len(value) >= 4:
+                vfs_inode = struct.unpack_from("=I", value)[0]
+            at += (size + 3) & ~3
+        if name.startswith("/") and vfs_inode:
+            found.append((inode, name, vfs_inode))
+    return found
 
 
 _last_unix: tuple[int, frozenset[int], bool, tuple[tuple[str, int], ...]] = (
