@@ -112,7 +112,9 @@ def test_another_processs_socket_is_reachable_only_with_the_hosts_network(
             @pytest.mark.nsbox
             def test_refused_when_isolated():
                 with socket.socket(socket.AF_UNIX) as client:
-                    with pytest.raises(ConnectionRefusedError):
+                    # refused through the overlay; absent where /tmp is empty (pytest
+                    # in a box: its base temp is bound under /tmp, no overlay there)
+                    with pytest.raises((ConnectionRefusedError, FileNotFoundError)):
                         client.connect({path!r})
 
             @pytest.mark.nsbox(net="host")

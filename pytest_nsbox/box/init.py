@@ -132,7 +132,7 @@ def prepare(request: Any) -> None:
         ns.write_id_maps(inside, request.uid, inside_gid, request.gid)
     ns.make_mounts_private()
     kept = _open_dirs(_outermost(p for p in request.keep_paths + request.writable_paths
-                                 if any(_under(p, t) for t in options.tmpfs)))
+                                 if any(ns.is_under(p, t) for t in options.tmpfs)))
     writable = _open_dirs(request.writable_paths) if options.readonly else []
     devices = _open_devices(options.devices) if options.devices != ("host",) else None
     views = request.views
@@ -233,7 +233,7 @@ def _mount_tmpfs_paths(paths: Iterable[str], lowers: dict[str, int], layers: str
     mounted: list[str] = []
     for index, path in enumerate(sorted(paths)):  # outer first: an inner one is made in it
         lower = lowers.pop(path, None)
-        if any(_under(path, top) for top in mounted):
+        if any(ns.is_under(path, top) for top in mounted):
             os.makedirs(path, exist_ok=True)
         elif not os.path.isdir(path):
             raise ns.SetupFailed(f"mount tmpfs: no directory {path}", 2)
@@ -267,7 +267,7 @@ def _attempt(mount: Callable[..., None], *args: Any) -> bool:
 
 def _bind_empty(directory: str, path: str) -> None:
     """An empty directory of the box's, on disk, bound writable onto `path`."""
-    os.mkdir(directory)
+    os.makedirs(directory, exist_ok=True)  # a refused overlay's upper, if it is left
     os.chmod(directory, 0o1777)  # as a fresh tmpfs is
     _bind(directory, path, writable=True)
 
@@ -348,10 +348,7 @@ def _open_dirs(paths: Iterable[str]) -> list[tuple[int, str]]:
 def _outermost(paths: Iterable[str]) -> list[str]:
     """The paths not inside another of them: binding those brings the rest along."""
     unique = sorted(set(paths))
-    return [p for p in unique if not any(q != p and _under(p, q) for q in unique)]
+    return [p for p in unique if not any(q != p and ns.is_under(p, q) for q in unique)]
 
-
-def _under(path: str, top: str) -> bool:
-    return path == top or path.startswith(top.rstrip("/") + "/")
 
 

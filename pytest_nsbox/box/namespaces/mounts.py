@@ -100,11 +100,20 @@ def mount_overlay(lower_fd: int, path: str, layers: str | None = None) -> None:
                 if exc.errno != errno.EINVAL or index == len(tries) - 1:
                     raise
     except SetupFailed:
-        for entry in os.listdir(work):  # the overlay's attempt leaves its work/ there
-            os.rmdir(f"{work}/{entry}")
-        os.rmdir(work)  # the tmpfs stays, empty, as tmpfs_mode='empty' leaves it
-        os.rmdir(upper)
+        _remove_empty_tree(work)  # the overlay's attempts leave their work/ directories
+        _remove_empty_tree(upper)
         raise
+
+
+def _remove_empty_tree(path: str) -> None:
+    """Remove a tree of empty directories (what a refused overlay mount leaves), as far
+    as it goes: the box's storage is removed after the box anyway."""
+    try:
+        for entry in os.listdir(path):
+            _remove_empty_tree(f"{path}/{entry}")
+        os.rmdir(path)
+    except OSError:
+        pass
 
 
 def mount_devpts(path: str) -> None:
