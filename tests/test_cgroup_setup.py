@@ -55,7 +55,8 @@ def _user_venv(home: Path) -> Path:
 
 
 def _as_user(home: Path, argv: list[str]) -> subprocess.CompletedProcess[str]:
-    # the dev venv's other plugins stay out (each costs start-up, seconds in the VM)
+    # the dev venv's other plugins stay out (each costs start-up, seconds in the VM); the
+    # runs put their base temp in the user's home (`_basetemp`)
     env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "USER": USER, "LANG": "C.UTF-8",
            "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
     return subprocess.run(["setpriv", f"--reuid={USER}", f"--regid={USER}", "--init-groups",
@@ -64,6 +65,12 @@ def _as_user(home: Path, argv: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 PYTEST_ARGS = ["-p", "pytest_nsbox.plugin", "-p", "no:cacheprovider", "--nsbox", "-rfE"]
+
+
+def _basetemp(home: Path) -> str:
+    """In the user's home: a /tmp/pytest-of-USER left by an earlier user of this name (a
+    uid since deleted; in the VM, the host's /tmp shows through) is refused by pytest."""
+    return f"--basetemp={home}/basetemp"
 VM_MODE = os.environ.get("NSBOX_VM_MODE", "")  # set by tests/vm/run_vm_lane.sh
 
 
@@ -92,7 +99,7 @@ def test_the_printed_fix_gives_a_new_user_limits() -> None:
         if VM_MODE:
             setup, prefix = fix_commands(USER, f"{venv}/bin/pytest-nsbox")
         else:
-            first = _as_user(home, [f"{venv}/bin/pytest", *PYTEST_ARGS])
+            first = _as_user(home, [f"{venv}/bin/pytest", *PYTEST_ARGS, _basetemp(home)])
             output = first.stdout + first.stderr
             needs("cannot enforce" in output,
                   f"lacks: a machine where a user's cgroups are not writable: {output}")
@@ -107,7 +114,7 @@ def test_the_printed_fix_gives_a_new_user_limits() -> None:
         assert f"{USER} now runs pytest under: {prefix}\n" in made.stdout
 
         # 3. the user's part: the same run, under the prefix
-        run = _as_user(home, [*shlex.split(prefix), "pytest", *PYTEST_ARGS])
+        run = _as_user(home, [*shlex.split(prefix), "pytest", *PYTEST_ARGS, _basetemp(home)])
         output = run.stdout + run.stderr
         assert run.returncode == 1, output
         assert "[nsbox] exceeded its memory limit of 32 MiB" in output, output
