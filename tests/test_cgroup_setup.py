@@ -71,6 +71,8 @@ def _basetemp(home: Path) -> str:
     """In the user's home: a /tmp/pytest-of-USER left by an earlier user of this name (a
     uid since deleted; in the VM, the host's /tmp shows through) is refused by pytest."""
     return f"--basetemp={home}/basetemp"
+
+
 VM_MODE = os.environ.get("NSBOX_VM_MODE", "")  # set by tests/vm/run_vm_lane.sh
 
 
