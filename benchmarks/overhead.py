@@ -176,6 +176,9 @@ def build_modes(python: str, forked_python: str | None, hold_mb: int) -> list[Mo
         # have it; this mode has an empty tmpfs), and the relay of a session's server
         Mode("full-empty", "nsbox full boxes, tmpfs_mode=empty (no overlay)", python,
              [*FULL, "--nsbox-tmpfs-mode=empty"], "plain"),
+        # ... and its layer on disk (the default) against a tmpfs (tmpfs_storage=ram)
+        Mode("full-ram", "nsbox full boxes, tmpfs_storage=ram (the /tmp layer a tmpfs)",
+             python, [*FULL, "--nsbox-tmpfs-storage=ram"], "plain"),
         Mode("plain+server", "plain pytest, a session server listening", python, SERVER,
              None),
         Mode("full+server", "nsbox full boxes, the session's server relayed (auto_forward)",
@@ -307,6 +310,7 @@ def feature_costs(results: dict[str, dict[str, float]]) -> dict[str, float | Non
         return None
 
     return {"tmp_overlay_ms": diff("full", "full-empty"),
+            "tmp_on_disk_ms": diff("full", "full-ram"),
             "auto_forward_ms": diff("full+server", "full+server-off"),
             "auto_forward_no_server_ms": diff("full", "full+server-off")}
 
@@ -591,7 +595,9 @@ def render(data: dict[str, object]) -> str:
             "",
             "What the session-fixture features add to a full box (differences of the "
             "overheads above): the overlay on `/tmp` (full vs `tmpfs_mode=empty`) "
-            f"{fmt(fc['tmp_overlay_ms'])} ms; relaying a session's server (auto_forward on "
+            f"{fmt(fc['tmp_overlay_ms'])} ms; its layer on disk rather than a tmpfs (full vs "
+            f"`tmpfs_storage=ram`) {fmt(fc.get('tmp_on_disk_ms'))} ms; relaying a session's "
+            "server (auto_forward on "
             f"vs off, a server listening) {fmt(fc['auto_forward_ms'])} ms; finding no server "
             f"to relay {fmt(fc['auto_forward_no_server_ms'])} ms.",
         ]
