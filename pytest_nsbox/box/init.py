@@ -80,7 +80,7 @@ def init_main(request: Any, result_fd: int, relay_fd: int | None, ready_fd: int,
         try:
             prepare(request)
             lock(request)
-            prepare_net(request, relay_fd)
+            relay = prepare_net(request, relay_fd)
         except ns.SetupFailed as exc:
             import pickle
 
@@ -96,6 +96,10 @@ def init_main(request: Any, result_fd: int, relay_fd: int | None, ready_fd: int,
         except OSError:
             pass
         os._exit(120)
+    if relay is not None:  # copies the relayed connections (and the kernel reaps)
+        from ..resources.net.relay_box import serve
+
+        serve(relay, result_fd)
     _reap_for_ever(result_fd)
 
 
@@ -177,8 +181,9 @@ def lock(request: Any) -> None:
     ns.write_id_maps(inside, inside, inside_gid, inside_gid)
 
 
-def prepare_net(request: Any, relay_fd: int | None) -> None:
-    """Hostname, loopback, link faults, then the forwarded ports' listeners."""
+def prepare_net(request: Any, relay_fd: int | None) -> Any:
+    """Hostname, loopback, link faults, then the forwarded ports' listeners; the relay's
+    channel, which the init keeps, when there are."""
     options = request.options
     ns.set_hostname(options.hostname)
     if options.net == "isolated":
@@ -190,7 +195,8 @@ def prepare_net(request: Any, relay_fd: int | None) -> None:
     if relay_fd is not None:
         from ..resources.net.relay_box import make_listeners
 
-        make_listeners(options.forward or {}, relay_fd, request.auto_forward)
+        return make_listeners(options.forward or {}, relay_fd, request.auto_forward, serve=True)
+    return None
 
 
 def _make_layers(box_dir: str | None, count: int) -> str | None:
