@@ -127,29 +127,28 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _box_reruns(config: pytest.Config) -> None:
     """pytest-rerunfailures runs its own protocol loop: make each of its runs a fresh box."""
-    module = config.pluginmanager.get_plugin("rerunfailures")
-    original = getattr(module, "runtestprotocol", None)
-    if original is None:
-        return
+    from .pytest_internals import RunProtocol, rerunfailures_protocol_replaced
 
-    def runtestprotocol(item: pytest.Item, log: bool = True,
-                        nextitem: pytest.Item | None = None) -> list[pytest.TestReport]:
-        options = item.stash.get(options_key, None)
-        if options is None:
-            return original(item, log=log, nextitem=nextitem)  # type: ignore[no-any-return]
-        from .protocol import boxed_runtestprotocol
+    def boxing(original: RunProtocol) -> RunProtocol:
+        def runtestprotocol(item: pytest.Item, log: bool = True,
+                            nextitem: pytest.Item | None = None) -> list[pytest.TestReport]:
+            options = item.stash.get(options_key, None)
+            if options is None:
+                return original(item, log=log, nextitem=nextitem)
+            from .protocol import boxed_runtestprotocol
 
-        return boxed_runtestprotocol(item, nextitem, options, _prepared(item), log=log)
+            return boxed_runtestprotocol(item, nextitem, options, _prepared(item), log=log)
 
-    module.runtestprotocol = runtestprotocol  # type: ignore[union-attr]
-    config.add_cleanup(lambda: setattr(module, "runtestprotocol", original))
+        return runtestprotocol
+
+    rerunfailures_protocol_replaced(config, boxing)
 
 
 def _reruns_handle(item: pytest.Item) -> bool:
     """True when pytest-rerunfailures will run this item (through our boxed protocol)."""
-    module = item.config.pluginmanager.get_plugin("rerunfailures")
-    count = getattr(module, "get_reruns_count", None)
-    return count is not None and count(item) is not None
+    from .pytest_internals import rerunfailures_will_run
+
+    return rerunfailures_will_run(item)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -286,9 +285,11 @@ def _prepared(item: pytest.Item) -> SessionState:
     config = item.config
     paths = {str(config.rootpath), str(config.invocation_params.dir), os.getcwd()}
     state.keep_paths = tuple(sorted(os.path.realpath(p) for p in paths))
-    factory = getattr(config, "_tmp_path_factory", None)
-    if factory is not None:
-        state.writable_paths = (os.path.realpath(factory.getbasetemp()),)
+    from .pytest_internals import tmp_path_base
+
+    base = tmp_path_base(config)
+    if base is not None:
+        state.writable_paths = (os.path.realpath(base),)
     from ..box import spawn
     from . import nethint  # noqa: F401 - once here, not in every failed box (~2 ms)
     from .session_output import SessionOutput

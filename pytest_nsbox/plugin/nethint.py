@@ -241,10 +241,9 @@ def short_hint(finding: Finding, net: str) -> str:
 def _crash_line_only(item: Any) -> bool:
     """Whether the terminal shows this failure as its crash line alone, without sections:
     --tb=no (the short summary), and --tb=line before pytest 9 (9.0 shows sections there)."""
-    import pytest
+    from .pytest_internals import crash_line_only
 
-    style = getattr(item.config.option, "tbstyle", "auto")
-    return style == "no" or (style == "line" and pytest.version_tuple < (9,))
+    return crash_line_only(item.config)
 
 
 def add_hint(item: Any, call: Any, report: Any) -> None:

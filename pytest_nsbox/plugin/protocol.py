@@ -12,16 +12,16 @@ from __future__ import annotations
 import contextlib
 import sys
 import warnings
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import pytest
-from _pytest.runner import CallInfo, call_and_report
+from pytest import CallInfo
 
 from ..box.api import Box
 from ..box.errors import BoxExited, BoxUnavailable
 from ..box.options import BoxOptions, OptionError
 from ..box.outcome import Outcome
+from . import pytest_internals as internals
 
 Phase = Literal["setup", "call", "teardown"]
 PHASES: tuple[Phase, ...] = ("setup", "call", "teardown")
@@ -32,8 +32,7 @@ def boxed_runtestprotocol(item: pytest.Item, nextitem: pytest.Item | None,
                           ) -> list[pytest.TestReport]:
     """`runtestprotocol` for a boxed item: its reports, logged when `log` is true."""
     ihook = item.ihook
-    if hasattr(item, "_request") and not item._request:
-        item._initrequest()  # type: ignore[attr-defined]  # a rerun of this item
+    internals.renew_request_for_rerun(item)  # a rerun of this item
     shared, shared_out = _setup_shared(item)
     for name, text in zip(("stdout", "stderr"), shared_out, strict=True):
         if text:
@@ -70,7 +69,7 @@ def boxed_runtestprotocol(item: pytest.Item, nextitem: pytest.Item | None,
         reports["setup"] = _make_report(item, shared)
     else:
         item.ihook.pytest_nsbox_outcome(item=item, outcome=outcome)
-        item._report_sections.clear()  # the box's reports hold them now
+        internals.clear_report_sections(item)  # the box's reports hold them now
         reports, exit_request = _reports_from(item, options, outcome)
         if paths.session_output is not None:
             failed = [report for report in reports.values() if report.failed]
@@ -87,8 +86,8 @@ def boxed_runtestprotocol(item: pytest.Item, nextitem: pytest.Item | None,
     session = item.session
     if session.shouldfail or session.shouldstop:
         nextitem = None
-    with _captured(item) as out:
-        teardown = CallInfo.from_call(lambda: session._setupstate.teardown_exact(nextitem),
+    with internals.captured_as_a_phase(item) as out:
+        teardown = CallInfo.from_call(lambda: internals.teardown_towards(item, nextitem),
                                       "teardown",
                                       reraise=(pytest.exit.Exception, KeyboardInterrupt))
     for name, text in zip(("stdout", "stderr"), out[0], strict=True):
@@ -101,12 +100,10 @@ def boxed_runtestprotocol(item: pytest.Item, nextitem: pytest.Item | None,
     if log:
         for report in ordered:
             ihook.pytest_runtest_logreport(report=report)
-    item._report_sections.clear()
+    internals.clear_report_sections(item)
     if usage and paths.keep_usage:
         paths.usage[item.nodeid] = usage  # for --nsbox-usage only: 5000 tests, 5000 dicts
-    if hasattr(item, "_request"):
-        item._request = False
-        item.funcargs = None  # type: ignore[attr-defined]
+    internals.release_request(item)
     if exit_request is not None:
         pytest.exit(exit_request[0], exit_request[1])
     return ordered
@@ -189,10 +186,8 @@ def _run_unboxed(item: pytest.Item, nextitem: pytest.Item | None, message: str,
                  log: bool) -> list[pytest.TestReport]:
     """nsbox_unavailable = run: the test runs here, unisolated, with a warning saying so."""
     item.warn(pytest.PytestWarning(f"nsbox: running unboxed, the box is unavailable: {message}"))
-    item.session._setupstate.stack.pop(item, None)  # set up again for real below
-    from _pytest.runner import runtestprotocol
-
-    return runtestprotocol(item, log=log, nextitem=nextitem)
+    internals.unset_up(item)  # set up again for real below
+    return internals.run_unboxed(item, nextitem, log)
 
 
 # -- parent: fixtures of class scope and wider ------------------------------------------
@@ -202,36 +197,15 @@ def _setup_shared(item: pytest.Item) -> tuple[CallInfo[None], tuple[str, str]]:
     """Set up the collectors and the wider-scoped fixtures of `item` in this process."""
 
     def setup() -> None:
-        if _skipped_before_setup(item):
+        if internals.skipped_before_setup(item):
             return  # the box's setup skips it, as unboxed, before any fixture is set up
-        # the collectors (SetupState takes any node), then the item pushed as set up, so
-        # its wider fixtures are requested as pytest expects; its own setup is the box's
-        state = item.session._setupstate
-        state.setup(item.parent)  # type: ignore[arg-type]
-        state.stack[item] = ([item.teardown], None)
+        internals.set_up_collectors(item)
         _request_shared_fixtures(item)
 
-    with _captured(item) as out:
+    with internals.captured_as_a_phase(item) as out:
         call = CallInfo.from_call(setup, "setup",
                                   reraise=(pytest.exit.Exception, KeyboardInterrupt))
     return call, out[0]
-
-
-def _skipped_before_setup(item: pytest.Item) -> bool:
-    """Whether pytest's skipping plugin stops this test's setup before any fixture: a skip
-    mark, ``xfail(run=False)``, or a mark condition that raises. Unboxed, such a test sets
-    up no fixture (a missing one is no error, a session fixture only it uses never runs)."""
-    try:
-        from _pytest.skipping import evaluate_skip_marks, evaluate_xfail_marks
-    except ImportError:  # pragma: no cover - pytest moved them
-        return False
-    try:
-        if evaluate_skip_marks(item):
-            return True
-        xfailed = evaluate_xfail_marks(item)
-    except BaseException:
-        return True  # the box's setup reports the mark's error, as unboxed
-    return bool(xfailed and not xfailed.run and not item.config.option.runxfail)
 
 
 def _request_shared_fixtures(item: pytest.Item) -> None:
@@ -244,113 +218,71 @@ def _request_shared_fixtures(item: pytest.Item) -> None:
     leave no trace, so the box sets its function fixtures up in pytest's order, and finds
     the wider ones cached.
     """
-    top = getattr(item, "_request", None)
-    if not top or getattr(item, "_fixtureinfo", None) is None:
+    top = internals.top_request(item)
+    if top is None:
         return
-    from _pytest.fixtures import FixtureDef
-
     stood_in: set[int] = set()
-    execute = FixtureDef.execute
 
-    def stand_in(fixturedef: Any, request: Any) -> Any:
-        if fixturedef.scope != "function":
-            return execute(fixturedef, request=request)
-        stood_in.add(id(fixturedef))
-        for argname in fixturedef.argnames:
-            request._get_active_fixturedef(argname)
-        return None
+    def stand_in_for(execute: internals.Execute) -> internals.Execute:
+        def stand_in(fixturedef: Any, request: Any) -> Any:
+            if fixturedef.scope != "function":
+                return execute(fixturedef, request=request)
+            stood_in.add(id(fixturedef))
+            for argname in fixturedef.argnames:
+                internals.resolve_fixture(request, argname)
+            return None
 
-    FixtureDef.execute = stand_in  # type: ignore[method-assign,assignment]
+        return stand_in
+
     try:
-        for name in item.fixturenames:  # type: ignore[attr-defined]
-            top._get_active_fixturedef(name)
+        with internals.fixture_execute_replaced(stand_in_for):
+            for name in item.fixturenames:  # type: ignore[attr-defined]
+                internals.resolve_fixture(top, name)
     finally:
-        FixtureDef.execute = execute  # type: ignore[method-assign]
-        _forget_stand_ins(item, top, stood_in)
+        # the request as if only the wider fixtures had been asked for
+        internals.forget_resolved(item, top, stood_in)
 
 
-def _forget_stand_ins(item: pytest.Item, request: Any, stood_in: set[int]) -> None:
-    """Leave the request as if only the wider fixtures had been asked for."""
-    cached = request._fixture_defs
-    depth = getattr(request, "_arg2index", None)  # pytest 8.0 counts override depth here
-    for name, fixturedef in list(cached.items()):
-        if id(fixturedef) in stood_in:
-            del cached[name]
-            if depth is not None:
-                depth.pop(name, None)
-        elif (result := getattr(fixturedef, "cached_result", None)) and result[2] is None:
-            item.funcargs[name] = result[0]  # type: ignore[attr-defined]
-
-
-def warn_of_wider_fixtures_set_up_here(item: pytest.Item) -> None:
+def warn_of_wider_fixtures_set_up_here(
+        item: pytest.Item) -> contextlib.AbstractContextManager[None]:
     """In a box: a fixture of class scope or wider that a test first asks for at run time
     (``request.getfixturevalue``) cannot have been set up before the box; it is set up
-    here, in the box, and not torn down by pytest. Say so, with the fix."""
-    from _pytest.fixtures import FixtureDef
+    here, in the box, and not torn down by pytest. Say so, with the fix, while the block
+    runs (the box's phases)."""
 
-    execute = FixtureDef.execute
+    def noting_for(execute: internals.Execute) -> internals.Execute:
+        def noting(fixturedef: Any, request: Any) -> Any:
+            if fixturedef.scope != "function" and fixturedef.cached_result is None:
+                warnings.warn(NsboxFixtureWarning(
+                    f"nsbox: the {fixturedef.scope}-scoped fixture {fixturedef.argname!r} was "
+                    f"first requested while {item.name} ran (request.getfixturevalue), so it "
+                    "was set up in the test's box, not once in pytest, and ends with the box. "
+                    "Fix: name it as an argument of the test or of a fixture it uses, or "
+                    f"@pytest.mark.usefixtures({fixturedef.argname!r})."), stacklevel=2)
+            return execute(fixturedef, request=request)
 
-    def noting(fixturedef: Any, request: Any) -> Any:
-        if fixturedef.scope != "function" and fixturedef.cached_result is None:
-            warnings.warn(NsboxFixtureWarning(
-                f"nsbox: the {fixturedef.scope}-scoped fixture {fixturedef.argname!r} was first "
-                f"requested while {item.name} ran (request.getfixturevalue), so it was set up "
-                "in the test's box, not once in pytest, and ends with the box. Fix: name it as "
-                "an argument of the test or of a fixture it uses, or "
-                f"@pytest.mark.usefixtures({fixturedef.argname!r})."), stacklevel=2)
-        return execute(fixturedef, request=request)
+        return noting
 
-    FixtureDef.execute = noting  # type: ignore[method-assign,assignment]
+    return internals.fixture_execute_replaced(noting_for)
 
 
 class NsboxFixtureWarning(pytest.PytestWarning):
     """A wider fixture had to be set up inside a box."""
 
 
-@contextlib.contextmanager
-def _captured(item: pytest.Item) -> Iterator[list[tuple[str, str]]]:
-    """Capture what runs here the way pytest captures a phase: [(out, err)] after."""
-    capman = item.config.pluginmanager.getplugin("capturemanager")
-    result = [("", "")]
-    if capman is None or not capman.is_globally_capturing():
-        yield result
-        return
-    capman.resume_global_capture()
-    try:
-        yield result
-    finally:
-        capman.suspend_global_capture(in_=False)
-        out, err = capman.read_global_capture()
-        result[0] = (out, err)
-
-
-def _drain_capture(item: pytest.Item) -> tuple[str, str]:
-    """What a dead box left in pytest's capture files, so it does not leak into the next test."""
-    capman = item.config.pluginmanager.getplugin("capturemanager")
-    if capman is None or not capman.is_globally_capturing():
-        return "", ""
-    out, err = capman.read_global_capture()
-    return out, err
-
-
 # -- box: the item's own setup, call and teardown ---------------------------------------
 
 
 def _in_box(item: pytest.Item, nextitem: pytest.Item | None, send: Any) -> None:
-    state = item.session._setupstate
-    for node, (_, exc) in list(state.stack.items()):
-        if node is item:
-            del state.stack[node]  # the parent pushed it to set up shared fixtures
-        else:
-            state.stack[node] = (_Dropped(), exc)  # the parent tears these down, not the box
-    warn_of_wider_fixtures_set_up_here(item)
+    internals.leave_wider_teardowns_to_parent(item)
     config = item.config
     hook = config.hook
     before = {name: id(value) for name, value in vars(item).items()}
     caught: list[warnings.WarningMessage] = []
     reports_passed = False
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, \
+                warn_of_wider_fixtures_set_up_here(item):
             prepared = CallInfo.from_call(lambda: hook.pytest_nsbox_setup(item=item), "setup",
                                           reraise=(pytest.exit.Exception,))
             for phase in PHASES:
@@ -375,26 +307,12 @@ def _in_box(item: pytest.Item, nextitem: pytest.Item | None, send: Any) -> None:
             send(("warnings", [_portable_warning(w) for w in caught]))
 
 
-class _Dropped(list):  # type: ignore[type-arg]
-    """The finalizers of a node the parent owns, as the box sees them: none, and none added.
-
-    A wider fixture's teardown belongs to the pytest process. pytest 8.0 and 8.1 register
-    a cached fixture's finish again each time a function fixture asks for it; kept, the
-    box that ends a module or the session would run that teardown a second time.
-    """
-
-    def append(self, _finalizer: Any) -> None:
-        return None
-
-
 def _run_phase(item: pytest.Item, phase: Phase,
                nextitem: pytest.Item | None) -> pytest.TestReport:
     """One phase in the box. A KeyboardInterrupt the test raises fails only that test: the
     user's Ctrl-C reaches pytest, never the box, which is its own session."""
     try:
-        if phase == "teardown":
-            return call_and_report(item, phase, log=False, nextitem=nextitem)
-        return call_and_report(item, phase, log=False)
+        return internals.run_phase(item, phase, nextitem)
     except KeyboardInterrupt as interrupt:
         raised = interrupt
 
@@ -429,15 +347,11 @@ def _safe_repr(value: Any) -> str:
         return f"<{type(value).__name__} object (repr failed)>"
 
 
-_OWN_ATTRIBUTES = frozenset({"_request", "funcargs", "_report_sections", "stash", "_store",
-                             "setup", "user_properties", "keywords", "_obj", "_instance"})
-
-
 def _changed_attributes(item: pytest.Item, before: dict[str, int]) -> dict[str, Any]:
     """Attributes plugins set on the item in the box (rerunfailures keeps its state there),
     so the parent's item looks as it would unboxed."""
     return {name: value for name, value in vars(item).items()
-            if name not in _OWN_ATTRIBUTES and before.get(name) != id(value)}
+            if name not in internals.PYTEST_ITEM_ATTRIBUTES and before.get(name) != id(value)}
 
 
 def _picklable(values: dict[str, Any]) -> dict[str, Any]:
@@ -503,7 +417,9 @@ def _reports_from(item: pytest.Item, options: BoxOptions,
         error = BoxExited(code if code is not None else 0, outcome.stack.strip())
     if error is not None:
         phase = _unfinished_phase(reports)
-        reports[phase] = _failure_report(item, phase, _describe(error, phase), _drain_capture(item))
+        # what a dead box left in pytest's capture files: not for the next test's report
+        reports[phase] = _failure_report(item, phase, _describe(error, phase),
+                                         internals.capture_drained(item))
     return reports, exit_request
 
 
@@ -516,15 +432,11 @@ def _like_unboxed(report: pytest.TestReport, item: pytest.Item) -> None:
     pickle. The ``$report_type`` key the deserializer leaves in the report's attributes
     (as in xdist's) stays: deleting it makes Python 3.10 unshare the attribute dict.
     """
-    attributes = vars(report)
-    node_id = getattr(item, "id", None)
-    if "_id" in attributes and type(node_id) is type(attributes["_id"]):
-        attributes["_id"] = node_id  # what `report.nodeid = item.nodeid` would parse anew
-    else:
-        report.nodeid = item.nodeid
+    internals.share_node_id(report, item)
     report.location = item.location
     report.keywords = dict.fromkeys(item.keywords, 1)
-    for name in ("outcome", "when", "$report_type"):
+    attributes = vars(report)
+    for name in ("outcome", "when", internals.REPORT_TYPE_KEY):
         value = attributes.get(name)
         if type(value) is str:
             attributes[name] = sys.intern(value)
@@ -551,7 +463,7 @@ def _describe(error: Exception, phase: str) -> str:
 
 def _failure_report(item: pytest.Item, phase: Phase, message: str,
                     captured: tuple[str, str]) -> pytest.TestReport:
-    _evaluate_xfail(item)
+    internals.stash_xfail_evaluation(item)  # the box that evaluated it died
 
     def fail() -> None:
         pytest.fail(message, pytrace=False)
@@ -572,16 +484,6 @@ def _make_report(item: pytest.Item, call: CallInfo[None]) -> pytest.TestReport:
     except Exception:
         report = pytest.TestReport.from_item_and_call(item, call)
     return report
-
-
-def _evaluate_xfail(item: pytest.Item) -> None:
-    """Let an xfail mark judge a crash as it judges a failure (its stash was set in the box)."""
-    try:
-        from _pytest.skipping import evaluate_xfail_marks, xfailed_key
-    except ImportError:  # pragma: no cover - pytest moved it
-        return
-    if xfailed_key not in item.stash:
-        item.stash[xfailed_key] = evaluate_xfail_marks(item)
 
 
 def _merge_teardown(box_report: pytest.TestReport | None,

@@ -18,10 +18,11 @@ reads, and the log handler's attach and detach.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+from .pytest_internals import logging_settings, output_and_logs_captured, session_capture
 
 __all__ = ["SessionOutput"]
 
@@ -32,48 +33,19 @@ class SessionOutput:
     """The pytest process's output and log records while boxes run, one box at a time."""
 
     def __init__(self, config: pytest.Config) -> None:
-        from _pytest.capture import FDCapture, MultiCapture, SysCapture
-
-        method = config.getoption("capture", "fd")
-        out: Any
-        err: Any
-        if method == "fd":
-            out, err = FDCapture(1), FDCapture(2)
-        elif method in ("sys", "tee-sys"):
-            tee = method == "tee-sys"
-            out, err = SysCapture(1, tee=tee), SysCapture(2, tee=tee)
-        else:
-            out = err = None
-        self.capture: Any = MultiCapture(in_=None, out=out, err=err) if out else None
-        if self.capture is not None:
-            self.capture.start_capturing()
-            self.capture.suspend_capturing()
-            config.add_cleanup(self.capture.stop_capturing)
-        logging_plugin = config.pluginmanager.get_plugin("logging-plugin")
-        self.formatter = getattr(logging_plugin, "formatter", None)
-        self.log_level: int | None = getattr(logging_plugin, "log_level", None)
+        #: stdout and stderr by the session's capture method, suspended between boxes
+        self.capture: Any = session_capture(config)
+        self.formatter, self.log_level = logging_settings(config)
         #: what the last box's run left: (stdout, stderr, log text)
         self.last = ("", "", "")
 
-    @contextlib.contextmanager
-    def watching(self) -> Iterator[None]:
+    def watching(self) -> contextlib.AbstractContextManager[None]:
         """Capture the pytest process's output and logging while the box runs."""
-        from _pytest.logging import LogCaptureHandler, catching_logs
+        return output_and_logs_captured(self.capture, self.formatter, self.log_level,
+                                        self._ended)
 
-        handler = LogCaptureHandler()
-        if self.formatter is not None:
-            handler.setFormatter(self.formatter)
-        if self.capture is not None:
-            self.capture.resume_capturing()
-        try:
-            with catching_logs(handler, level=self.log_level):
-                yield
-        finally:
-            out = err = ""
-            if self.capture is not None:
-                self.capture.suspend_capturing()
-                out, err = self.capture.readouterr()
-            self.last = (out, err, handler.stream.getvalue().strip())
+    def _ended(self, out: str, err: str, log: str) -> None:
+        self.last = (out, err, log)
 
     def attach(self, report: pytest.TestReport) -> None:
         """Put what the last box's run captured into `report`, in sections of its own."""

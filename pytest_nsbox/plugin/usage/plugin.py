@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from ..pytest_internals import SHORT_SUMMARY_TITLE, count_in_summary, section_titles_noted
 from .baseline import Baseline, BaselineError, document, load, save, write_atomically
 from .compare import Comparison, RulesError, Threshold, compare, default_thresholds, parse_rules
 from .names import CONTROLLER, NsboxBudgetWarning
@@ -236,12 +237,11 @@ class UsagePlugin:
                                             yellow=red and self.warn_only)
         for text, markup in self.notes:
             terminalreporter.write_line(text, **markup)
-        stats = terminalreporter.stats
         regressed = sorted({change.nodeid for change in comparison.regressions})
         budget = list(dict.fromkeys(nodeid for nodeid, _ in comparison.over_budget))
         for key, nodeids in (("over usage threshold", regressed), ("over budget", budget)):
             if nodeids:  # counted in the last line, "3 passed, 1 over budget in 2.0s"
-                stats.setdefault(key, []).extend(_Counted(nodeid, key) for nodeid in nodeids)
+                count_in_summary(terminalreporter, key, nodeids)
 
     def short_lines(self) -> list[tuple[str, dict[str, bool]]]:
         """The lines this plugin adds to the short test summary."""
@@ -258,20 +258,6 @@ class UsagePlugin:
         return lines
 
 
-class _Counted:
-    """An entry of the terminal reporter's stats: other plugins read them as reports."""
-
-    when = "usage"
-    longrepr = None
-    count_towards_summary = True
-
-    def __init__(self, nodeid: str, outcome: str) -> None:
-        self.nodeid = nodeid
-        self.outcome = outcome
-        self.user_properties: list[tuple[str, Any]] = []
-        self.sections: list[tuple[str, str]] = []
-
-
 class _ShortSummary:
     """Lines of the usage regressions at the end of pytest's short test summary.
 
@@ -286,21 +272,14 @@ class _ShortSummary:
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_terminal_summary(self, terminalreporter: Any) -> Generator[None, None, None]:
         titles: list[str] = []
-        write_sep = terminalreporter.write_sep
-
-        def noting(sep: str, title: str | None = None, *args: Any, **kwargs: Any) -> None:
-            titles.append(title or "")
-            write_sep(sep, title, *args, **kwargs)
-
-        terminalreporter.write_sep = noting
         try:
-            yield
+            with section_titles_noted(terminalreporter, titles):
+                yield
         finally:
-            del terminalreporter.write_sep
             lines = self.plugin.short_lines()
             if lines:
-                if "short test summary info" not in titles:
-                    terminalreporter.write_sep("=", "short test summary info", cyan=True)
+                if SHORT_SUMMARY_TITLE not in titles:
+                    terminalreporter.write_sep("=", SHORT_SUMMARY_TITLE, cyan=True)
                 for text, markup in lines:
                     terminalreporter.write_line(text, **markup)
 
