@@ -193,9 +193,9 @@ def clear_report_sections(item: pytest.Item) -> None:
     item._report_sections.clear()
 
 
-#: attributes pytest itself sets on an item while it runs (8.0.2 .. 9.2.0; `_store` is
-#: pytest 7's name for `stash`, `_instance` a `Function`'s cached instance): the box sends
-#: back the attributes other plugins set, never these
+#: attributes pytest itself sets on an item while it runs (8.0.2 .. 9.2.0; `_store` is the
+#: old alias of `stash`, still set, `_instance` a `Function`'s cached instance): the box
+#: sends back the attributes other plugins set, never these
 PYTEST_ITEM_ATTRIBUTES = frozenset({"_request", "funcargs", "_report_sections", "stash",
                                     "_store", "setup", "user_properties", "keywords",
                                     "_obj", "_instance"})
