@@ -18,7 +18,7 @@ The layers, bottom to top:
    doctor or the plugin.
 3. ``box`` machinery: ``box.api``, ``box.context``, ``box.supervise``, ``box.inside``
    (and the ``box`` package). They may import the box base and the resources.
-4. ``doctor``: anything but the plugin.
+4. ``doctor`` (the ``doctor/`` package and ``cgroup_setup``): anything but the plugin.
 5. ``plugin`` (the pytest side: hooks, protocol, hookspecs, usage): anything.
 6. ``__main__`` (the ``pytest-nsbox`` console script): anything; its commands live in
    every layer (the doctor, the usage files, the box storage).
@@ -134,7 +134,7 @@ ALLOWED = {
     "box-base": {"box-base"},
     "resources": {"box-base", "resources"},
     "box": {"box-base", "resources", "box"},
-    "doctor": {"box-base", "resources", "box"},
+    "doctor": {"box-base", "resources", "box", "doctor"},
     "plugin": {"box-base", "resources", "box", "doctor", "plugin", "top"},
     "top": {"box-base", "box", "doctor"},
     "cli": {"box-base", "resources", "box", "doctor", "plugin", "top"},
