@@ -619,15 +619,15 @@ def test_the_box_maker_imports_only_small_modules_and_reads_requests_as_sent() -
                                         auto_forward=(AutoForward("127.0.0.1", 80, "h", True),)))
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(pytest_nsbox.__file__)))
     code = textwrap.dedent(f"""
-        import sys, json
+        import sys, json, pickle
         sys.path[:0] = [{package_root!r}]
         from pytest_nsbox.box.maker_process import decode_request
         from pytest_nsbox.box import init, namespaces
-        request = decode_request({sent!r})
+        request = decode_request(pickle.loads({sent!r}))
         heavy = [m for m in {_HEAVY!r} if m in sys.modules]
         print(json.dumps([heavy, vars(request.options), request.keep_paths, request.uid,
                           request.views, request.relay]))
-        relayed = decode_request({with_relay!r})
+        relayed = decode_request(pickle.loads({with_relay!r}))
         from pytest_nsbox.box.maker_process import _import_for
         _import_for(relayed)  # what a relay's box end needs, as the maker imports it
         heavy = [m for m in {_HEAVY!r} if m in sys.modules]

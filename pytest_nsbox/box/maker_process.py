@@ -31,9 +31,9 @@ class Fields:
         def __getattr__(self, name: str) -> Any: ...
 
 
-def decode_request(data: bytes) -> Fields:
-    """A `maker.Request` as `maker.encode_request` sent it (its options, plain data)."""
-    plain = pickle.loads(data)
+def decode_request(plain: dict[str, Any]) -> Fields:
+    """A `maker.Request` as `maker.encode_request` sent it (its options, plain data),
+    unpickled."""
     plain["options"] = Fields(plain["options"])
     plain["auto_forward"] = tuple(Fields(entry) for entry in plain["auto_forward"])
     return Fields(plain)
@@ -56,7 +56,11 @@ def main(channel_fd: int) -> None:
             os._exit(0)
         if not message:
             os._exit(0)
-        request = decode_request(message)
+        plain = pickle.loads(message)
+        if "remove" in plain:  # a finished box's files (`Maker.discard`)
+            _remove(ns, plain["remove"])
+            continue
+        request = decode_request(plain)
         _import_for(request)
         result_fd, join_fds = fds[0], tuple(fds[1:])
         relay_mine = relay_box = None
@@ -117,6 +121,13 @@ def _import_for(request: Fields) -> None:
             import pyroute2.netlink.exceptions  # noqa: F401
         except ImportError:
             pass  # the init says what is missing
+
+
+def _remove(ns: Any, path: str) -> None:
+    try:
+        ns.remove_tree(path)
+    except OSError:
+        pass  # the session's end removes what is left
 
 
 def _read_all(fd: int) -> bytes:

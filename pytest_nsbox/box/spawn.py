@@ -26,11 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from ..resources.storage import Storage, remove_tree
+from ..resources.storage import Storage
 from . import namespaces as ns
 from .errors import BoxUnavailable
 from .maker import Maker, Reply, Request
 from .namespaces.join import PidNamespace, may_set_pid_namespace, pidfd_kill
+from .namespaces.mounts import remove_tree
 
 if TYPE_CHECKING:
     from .options import BoxOptions
@@ -351,8 +352,20 @@ def tidy(block: bool = False) -> None:
             cgroup.close_join_fds()
             cgroup.remove()
         if box_storage is not None:
-            remove_tree(box_storage)
+            _remove_files(box_storage, block)
     _later[:] = keep
+
+
+def _remove_files(box_storage: str, now: bool) -> None:
+    """A finished box's files: removed by the maker while it is idle (pytest's own time is
+    the next test's), or here, `now` (a library `Box.run`, which waits for its box)."""
+    if not now and _maker is not None and _maker.owner == os.getpid():
+        try:
+            _maker.discard(box_storage)
+            return
+        except OSError:
+            pass
+    remove_tree(box_storage)
 
 
 def close() -> None:

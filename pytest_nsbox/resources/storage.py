@@ -27,6 +27,8 @@ import re
 import stat
 import tempfile
 
+from ..box.namespaces.mounts import remove_tree
+
 __all__ = ["KEPT", "Storage", "default_root", "remove_stale", "remove_tree"]
 
 KEPT = "kept"
@@ -173,31 +175,6 @@ def _now() -> float:
     import time
 
     return time.time()
-
-
-def remove_tree(path: str) -> None:
-    """Remove `path` and everything below it, whatever the modes (an overlay's work
-    directory is left with mode 000), without following symlinks; no error if absent."""
-    try:
-        entries = list(os.scandir(path))
-    except FileNotFoundError:
-        return
-    except NotADirectoryError:
-        os.unlink(path)
-        return
-    except PermissionError:
-        os.chmod(path, 0o700)
-        entries = list(os.scandir(path))
-    for entry in entries:
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                remove_tree(entry.path)
-            else:
-                os.unlink(entry.path)
-        except FileNotFoundError:
-            continue
-    with contextlib.suppress(FileNotFoundError):
-        os.rmdir(path)
 
 
 def _safe_name(name: str) -> str:

@@ -44,6 +44,7 @@ from .mounts import (
     mount_overlay,
     mount_proc,
     mount_tmpfs,
+    remove_tree,
 )
 from .uts import set_hostname
 
@@ -74,6 +75,7 @@ __all__ = [
     "mount_tmpfs",
     "pidfd_kill",
     "pidfd_open",
+    "remove_tree",
     "set_hostname",
     "set_parent_death_signal",
     "setns",

@@ -100,19 +100,38 @@ def mount_overlay(lower_fd: int, path: str, layers: str | None = None) -> None:
                 if exc.errno != errno.EINVAL or index == len(tries) - 1:
                     raise
     except SetupFailed:
-        _remove_empty_tree(work)  # the overlay's attempts leave their work/ directories
-        _remove_empty_tree(upper)
+        for leftover in (work, upper):  # the overlay's attempts leave work/ directories
+            try:
+                remove_tree(leftover)
+            except OSError:
+                pass  # the box's storage is removed after the box anyway
         raise
 
 
-def _remove_empty_tree(path: str) -> None:
-    """Remove a tree of empty directories (what a refused overlay mount leaves), as far
-    as it goes: the box's storage is removed after the box anyway."""
+def remove_tree(path: str) -> None:
+    """Remove `path` and everything below it, whatever the modes (an overlay's work
+    directory is left with mode 000), without following symlinks; no error if absent."""
     try:
-        for entry in os.listdir(path):
-            _remove_empty_tree(f"{path}/{entry}")
+        entries = list(os.scandir(path))
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        os.unlink(path)
+        return
+    except PermissionError:
+        os.chmod(path, 0o700)
+        entries = list(os.scandir(path))
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                remove_tree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except FileNotFoundError:
+            continue
+    try:
         os.rmdir(path)
-    except OSError:
+    except FileNotFoundError:
         pass
 
 
