@@ -229,11 +229,12 @@ def produce_netem_missing(tmp_path: Path) -> str:
 
 def produce_header(tmp_path: Path) -> str:
     from conftest import needs
-    from pytest_nsbox import doctor
+    from pytest_nsbox import current_box, doctor
     from pytest_nsbox.resources import cgroups
 
-    needs(os.geteuid() == 0 and cgroups.detect()["version"] in ("v1", "hybrid"),
-          "lacks: cgroup v1 as root (the machine the quote describes)")
+    needs(os.geteuid() == 0 and cgroups.detect()["version"] in ("v1", "hybrid")
+          and current_box() is None,
+          "lacks: cgroup v1 as root, outside a box (the machine the quote describes)")
     return doctor.header_line()
 
 
