@@ -248,19 +248,19 @@ class Relay:
                 self._connecting[outer.fileno()] = (outer, inner, key, where)
                 self._pump.watch(outer.fileno(), select.EPOLLOUT)
                 return
-        if code:
-            self._error(key, f"{where}: {os.strerror(code)}")
-            _reset(inner)
-            outer.close()
-            return
-        self._established(inner, outer)
+        self._finish(code, inner, outer, key, where)
 
     def _connected(self, fd: int) -> None:
         """A connect under way ended: hand the pair over, or say why not."""
         assert self._pump is not None
         outer, inner, key, where = self._connecting.pop(fd)
         self._pump.unwatch(fd)
-        code = outer.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self._finish(outer.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR), inner, outer, key,
+                     where)
+
+    def _finish(self, code: int, inner: socket.socket, outer: socket.socket,
+                key: tuple[str, int], where: str) -> None:
+        """The connect to the target ended with `code`: copy, or reset the box's side."""
         if code:
             self._error(key, f"{where}: {os.strerror(code)}")
             _reset(inner)
