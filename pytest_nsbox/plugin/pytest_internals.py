@@ -309,7 +309,8 @@ def session_capture(config: pytest.Config) -> Any:
     method, started and suspended, stopped when the session ends; None under -s."""
     from _pytest.capture import FDCapture, MultiCapture, SysCapture
 
-    method = config.getoption("capture", "fd")
+    capturing = config.pluginmanager.getplugin("capturemanager") is not None
+    method = config.getoption("capture", "no") if capturing else "no"  # -p no:capture
     out: Any
     err: Any
     if method == "fd":
