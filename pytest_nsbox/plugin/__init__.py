@@ -105,7 +105,6 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"ini nsbox_unavailable={unavailable!r} is not valid; "
                                 "accepted: fail, skip or run")
     state = SessionState(_defaults(config), bool(box_all), unavailable)
-    state.keep_usage = bool(config.getoption("nsbox_usage"))
     keep_failed = config.getoption("nsbox_keep_failed")
     state.keep_failed = bool(config.getini("nsbox_keep_failed") if keep_failed is None
                              else keep_failed)

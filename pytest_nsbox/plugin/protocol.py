@@ -38,7 +38,6 @@ def boxed_runtestprotocol(item: pytest.Item, nextitem: pytest.Item | None,
         if text:
             item.add_report_section("setup", name, text)  # the box's reports carry it
     reports: dict[str, pytest.TestReport] = {}
-    usage: dict[str, Any] = {}
     pairs: list[tuple[str, Any]] = []  # one set of (name, value) tuples for both reports
     exit_request = None
     outcome = None
@@ -78,8 +77,7 @@ def boxed_runtestprotocol(item: pytest.Item, nextitem: pytest.Item | None,
                 paths.session_output.attach(target)
         if paths.keep_failed and options.tmpfs:
             _keep_if_failed(item, options, outcome, reports)
-        usage = _usage_properties(outcome)
-        pairs = list(usage.items())
+        pairs = list(_usage_properties(outcome).items())
         last = reports.get("call") or reports.get("setup")
         if last is not None:
             last.user_properties.extend(pairs)
@@ -101,8 +99,6 @@ def boxed_runtestprotocol(item: pytest.Item, nextitem: pytest.Item | None,
         for report in ordered:
             ihook.pytest_runtest_logreport(report=report)
     internals.clear_report_sections(item)
-    if usage and paths.keep_usage:
-        paths.usage[item.nodeid] = usage  # for --nsbox-usage only: 5000 tests, 5000 dicts
     internals.release_request(item)
     if exit_request is not None:
         pytest.exit(exit_request[0], exit_request[1])

@@ -24,9 +24,9 @@ class SessionState:
     prepared: bool = False
     #: why boxing is off for this run (e.g. --pdb), or ""
     disabled: str = ""
-    #: nodeid -> the usage properties of its last box, kept only for --nsbox-usage
+    #: nodeid -> the usage figures of its last box, kept only for --nsbox-usage (filled
+    #: from the logged reports by `usage.plugin.TopUsage`, under xdist too)
     usage: dict[str, dict[str, Any]] = field(default_factory=dict)
-    keep_usage: bool = False
     #: --nsbox-keep-failed: a failed box's files stay on disk, its report says where
     keep_failed: bool = False
     #: --nsbox-storage / nsbox_storage: where boxes keep their private paths (None: default)
