@@ -56,12 +56,12 @@ def median_us(fn: Callable[[], object], rounds: int, before: Callable[[], None] 
 
 
 def measure(rounds: int) -> dict[str, float]:
-    call = lambda: _auto_forwards(OPTIONS)  # noqa: E731
+    call = lambda: _auto_forwards(OPTIONS, {})  # noqa: E731
     figures = {}
     figures["no session listener, set unchanged"] = median_us(call, rounds)
     figures["no session listener, cache dropped"] = median_us(call, rounds, _drop_cache)
     with socket.create_server(("127.0.0.1", 0)):
-        assert _auto_forwards(OPTIONS), "the listener was not found"
+        assert _auto_forwards(OPTIONS, {}), "the listener was not found"
         figures["one session listener, new set (cache dropped)"] = median_us(
             call, rounds, _drop_cache)
         figures["one session listener, set unchanged"] = median_us(call, rounds)
@@ -70,7 +70,7 @@ def measure(rounds: int) -> dict[str, float]:
 
 def in_empty_netns(rounds: int) -> float:
     assert not listeners.listening()
-    return median_us(lambda: _auto_forwards(OPTIONS), rounds)
+    return median_us(lambda: _auto_forwards(OPTIONS, {}), rounds)
 
 
 def box_walls(boxes: int) -> dict[str, float]:

@@ -62,7 +62,8 @@ def run_box(box: BoxSpec, target: Callable[[Callable[[Any], None]], None],
     _preload()
     if options.netem:
         from pyroute2 import IPRoute  # noqa: F401 - once here, not in every box (~200 ms)
-    made = spawn.take(box, _auto_forwards(options), _unix_sockets(box))
+    listed: dict[str, Any] = {}  # the session's listeners, listed once for both boxes
+    made = spawn.take(box, _auto_forwards(options, listed), _unix_sockets(box, listed))
     cgroup = made.cgroup
     reply = made.reply
     assert reply is not None
@@ -89,7 +90,9 @@ def run_box(box: BoxSpec, target: Callable[[Callable[[Any], None]], None],
             reply.fds = reply.fds[:1]  # the relay owns it now
             relay.attach(relay_end)  # its thread starts when the box connects, if ever
         if next_box is not None:  # after the fork (asked before it: 1.1 ms a test slower)
-            spawn.prefetch(next_box, _auto_forwards(next_box.options), _unix_sockets(next_box))
+            # (from this box's listing: a box made ahead is a guess the next test checks)
+            spawn.prefetch(next_box, _auto_forwards(next_box.options, listed),
+                           _unix_sockets(next_box, listed))
         spawn.tidy()  # the cgroups of the last boxes, while this one runs
         try:
             with watch or contextlib.nullcontext():
@@ -111,8 +114,9 @@ def run_box(box: BoxSpec, target: Callable[[Callable[[Any], None]], None],
     return outcome
 
 
-def _auto_forwards(options: BoxOptions) -> tuple[Any, ...]:
+def _auto_forwards(options: BoxOptions, listed: dict[str, Any]) -> tuple[Any, ...]:
     """The session's own listeners an isolated box gets (`auto_forward`); () when none.
+    `listed` keeps the listing for the next box's.
 
     Finding them must never fail the box: an error is a warning, and no port is relayed.
     """
@@ -122,7 +126,9 @@ def _auto_forwards(options: BoxOptions) -> tuple[Any, ...]:
     from ..resources.net.listeners import box_forwards, session_listeners
 
     try:
-        return box_forwards(session_listeners(), options.forward or ())
+        if "tcp" not in listed:
+            listed["tcp"] = session_listeners()
+        return box_forwards(listed["tcp"], options.forward or ())
     except Exception as exc:  # said once: where sock_diag is missing it stays missing
         _listing_failed = True
         _warn_forward([f"auto_forward: the session's listening ports could not be listed "
@@ -135,7 +141,7 @@ def _auto_forwards(options: BoxOptions) -> tuple[Any, ...]:
 _listing_failed = False
 
 
-def _unix_sockets(box: BoxSpec) -> tuple[tuple[str, int], ...]:
+def _unix_sockets(box: BoxSpec, listed: dict[str, Any]) -> tuple[tuple[str, int], ...]:
     """(path, inode) of the Unix sockets the session listens on under the box's private
     paths (with net='host', those of any process): each is bound into the box at its path (through
     the overlay, connect() is refused)."""
@@ -144,14 +150,17 @@ def _unix_sockets(box: BoxSpec) -> tuple[tuple[str, int], ...]:
         return ()
     from ..resources.net.listeners import session_unix_sockets
 
-    found = session_unix_sockets(anyone=box.options.net == "host")
+    anyone = box.options.net == "host"
+    key = "unix, anyone" if anyone else "unix"
+    if key not in listed:
+        listed[key] = session_unix_sockets(anyone=anyone)
+    found = listed[key]
     if not found:
         return ()
     shown = box.keep_paths + box.writable_paths + spawn.process_paths()  # bound back whole
     return tuple((path, inode) for path, inode in found
                  if any(ns.is_under(path, top) for top in tmpfs)
                  and not any(ns.is_under(path, top) for top in shown))
-
 
 
 def _warn_forward(problems: list[str]) -> None:
